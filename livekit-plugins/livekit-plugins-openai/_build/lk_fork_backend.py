@@ -1,0 +1,400 @@
+"""PEP 517 build backend for the patched ``livekit-plugins-openai`` fork.
+
+This directory holds packaging only. Building a wheel:
+
+1. finds the patch series: ``patches/`` inside the project (when building from the fork's own
+   sdist) or ``../../patches`` (when building from the repository or a git URL subdirectory);
+2. reads the pin ``patches/upstream.txt`` (pip hash-checking format) and obtains the pristine
+   upstream sdist through ``python -m pip download --require-hashes`` so the user's pip index and
+   mirror settings apply, or from ``$LK_OPENAI_FORK_SDIST`` for offline builds;
+3. verifies its sha256 itself, extracts it safely, applies the series with the strict applier in
+   :mod:`lk_fork_patch`, and builds the wheel with hatchling from a temporary directory holding
+   the patched ``livekit/`` tree next to this project's ``pyproject.toml`` and ``README.md``.
+
+Any failure is reported as a single ``error: ...`` line (printed to stderr and used as the
+exception message) and leaves nothing in the output directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from lk_fork_patch import PatchError, apply_series, read_series
+
+DIST_NAME = "livekit-plugins-openai"
+SDIST_ENV = "LK_OPENAI_FORK_SDIST"
+PIN_FILE = "upstream.txt"
+_PIN_RE = re.compile(
+    r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)==(?P<version>[A-Za-z0-9.+!-]+)"
+    r"(?:\s+--hash=sha256:(?P<sha256>[0-9a-fA-F]{64}))+\s*$"
+)
+_SDIST_FILES = ("pyproject.toml", "README.md")
+
+ConfigSettings = Mapping[str, Any] | None
+
+
+class ForkBuildError(Exception):
+    """Why the fork cannot be built. ``str(err)`` is one line starting with ``error: ``."""
+
+    def __init__(self, message: str) -> None:
+        line = " ".join(message.split())
+        super().__init__(line if line.startswith("error: ") else f"error: {line}")
+
+
+@dataclass(frozen=True)
+class Pin:
+    """The pinned upstream sdist."""
+
+    name: str
+    version: str
+    sha256: str
+    line: str
+
+
+def project_dir() -> Path:
+    """The directory holding this project's ``pyproject.toml``."""
+    return Path(__file__).resolve().parent.parent
+
+
+def find_patches_dir(root: Path | None = None) -> Path:
+    """Locate the patch series for a build started in ``root``.
+
+    Raises:
+        ForkBuildError: neither ``root/patches`` nor ``root/../../patches`` holds a series.
+    """
+    root = root if root is not None else project_dir()
+    candidates = [root / "patches", root.parent.parent / "patches"]
+    for cand in candidates:
+        if (cand / "series").is_file():
+            return cand
+    raise ForkBuildError(
+        "error: patch series not found (looked for "
+        + " and ".join(str(c / "series") for c in candidates)
+        + ")"
+    )
+
+
+def read_pin(patches_dir: Path) -> Pin:
+    """Parse ``patches_dir/upstream.txt``: exactly one ``name==version --hash=sha256:...`` line.
+
+    Raises:
+        ForkBuildError: the pin is missing or malformed.
+    """
+    path = patches_dir / PIN_FILE
+    if not path.is_file():
+        raise ForkBuildError(f"error: upstream pin not found: {path}")
+    pins: list[Pin] = []
+    text = re.sub(r"\\\r?\n", " ", path.read_text(encoding="utf-8"))  # pip line continuations
+    for raw in text.splitlines():
+        line = re.sub(r"(^|\s)#.*$", "", raw).strip()
+        if not line:
+            continue
+        m = _PIN_RE.match(line)
+        if m is None or m.group("name").lower().replace("_", "-") != DIST_NAME:
+            raise ForkBuildError(
+                f"error: {path}: expected '{DIST_NAME}==VERSION --hash=sha256:HEX', got {line!r}"
+            )
+        pins.append(Pin(DIST_NAME, m.group("version"), m.group("sha256").lower(), line))
+    if len(pins) != 1:
+        raise ForkBuildError(
+            f"error: {path}: expected exactly one pinned requirement, found {len(pins)}"
+        )
+    return pins[0]
+
+
+def sha256_of(path: Path) -> str:
+    """Hex sha256 of a file."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 16), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _pip_env() -> dict[str, str]:
+    env = dict(os.environ)
+    # builds started by uv: honour its index settings when pip has none of its own
+    for uv_var, pip_var in (
+        ("UV_DEFAULT_INDEX", "PIP_INDEX_URL"),
+        ("UV_INDEX_URL", "PIP_INDEX_URL"),
+        ("UV_EXTRA_INDEX_URL", "PIP_EXTRA_INDEX_URL"),
+    ):
+        if env.get(uv_var) and not env.get(pip_var):
+            env[pip_var] = env[uv_var]
+    if env.get("UV_OFFLINE") and not env.get("PIP_NO_INDEX"):
+        env["PIP_NO_INDEX"] = "1"
+    env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
+    return env
+
+
+def fetch_sdist(pin: Pin, patches_dir: Path, dest: Path) -> Path:
+    """Return the verified upstream sdist, from ``$LK_OPENAI_FORK_SDIST`` or via pip.
+
+    Raises:
+        ForkBuildError: download failure or sha256 mismatch.
+    """
+    local = os.environ.get(SDIST_ENV)
+    if local:
+        src = Path(local).expanduser()
+        if not src.is_file():
+            raise ForkBuildError(f"error: {SDIST_ENV}={local} does not exist")
+        sdist = dest / src.name
+        shutil.copyfile(src, sdist)
+        origin = f"{SDIST_ENV}={local}"
+    else:
+        origin = f"pip download of {pin.name}=={pin.version}"
+        dl = dest / "download"
+        cmd = [
+            sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", pin.name,
+            "--no-build-isolation", "--require-hashes", "-r", str(patches_dir / PIN_FILE),
+            "-d", str(dl),
+        ]  # fmt: skip
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=_pip_env(), check=False)
+        if proc.returncode != 0:
+            output = proc.stdout + proc.stderr
+            got = re.search(r"Got\s+([0-9a-f]{64})", output)
+            if got and "DO NOT MATCH THE HASHES" in output:
+                raise ForkBuildError(
+                    f"error: sha256 mismatch for {pin.name}=={pin.version} sdist ({origin}): "
+                    f"expected {pin.sha256}, got {got.group(1)}"
+                )
+            tail = [ln.strip() for ln in output.splitlines() if ln.strip()]
+            raise ForkBuildError(
+                f"error: could not download {pin.name}=={pin.version} with pip "
+                f"(exit {proc.returncode}): {tail[-1] if tail else 'no output'}"
+            )
+        found = [p for p in dl.iterdir() if p.name.endswith((".tar.gz", ".zip"))]
+        if len(found) != 1:
+            raise ForkBuildError(f"error: pip download produced {len(found)} sdists, expected 1")
+        sdist = found[0]
+    actual = sha256_of(sdist)
+    if actual != pin.sha256:
+        raise ForkBuildError(
+            f"error: sha256 mismatch for {pin.name}=={pin.version} sdist ({origin}): "
+            f"expected {pin.sha256}, got {actual}"
+        )
+    return sdist
+
+
+def safe_extract(sdist: Path, dest: Path) -> Path:
+    """Extract ``sdist`` (a ``.tar.gz``) into ``dest`` and return its single top directory.
+
+    Only regular files and directories are accepted; absolute paths, ``..`` components, links
+    and device files are refused.
+
+    Raises:
+        ForkBuildError: unsafe or unexpected archive contents.
+    """
+    if not sdist.name.endswith(".tar.gz"):
+        raise ForkBuildError(f"error: {sdist.name}: expected a .tar.gz sdist")
+    tops: set[str] = set()
+    try:
+        with tarfile.open(sdist, "r:gz") as tar:
+            for member in tar.getmembers():
+                pure = PurePosixPath(member.name)
+                if (
+                    pure.is_absolute()
+                    or "\\" in member.name
+                    or any(part in ("", "..") for part in pure.parts)
+                ):
+                    raise ForkBuildError(f"error: {sdist.name}: unsafe path {member.name!r}")
+                if not (member.isfile() or member.isdir()):
+                    raise ForkBuildError(
+                        f"error: {sdist.name}: refusing non-regular member {member.name!r}"
+                    )
+                parts = [p for p in pure.parts if p != "."]
+                if not parts:
+                    continue
+                tops.add(parts[0])
+                target = dest.joinpath(*parts)
+                if member.isdir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                src = tar.extractfile(member)
+                if src is None:
+                    raise ForkBuildError(f"error: {sdist.name}: cannot read {member.name!r}")
+                with src, target.open("wb") as out:
+                    shutil.copyfileobj(src, out)
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise ForkBuildError(f"error: {sdist.name}: cannot extract: {e}") from None
+    if len(tops) != 1:
+        raise ForkBuildError(
+            f"error: {sdist.name}: expected one top-level directory, found {sorted(tops)}"
+        )
+    return dest / tops.pop()
+
+
+def prepare_patched_tree(work: Path, patches_dir: Path | None = None) -> Path:
+    """Fetch, verify, extract and patch the upstream sdist below ``work``; return the tree.
+
+    Raises:
+        ForkBuildError: any step failed.
+    """
+    patches_dir = patches_dir if patches_dir is not None else find_patches_dir()
+    pin = read_pin(patches_dir)
+    try:
+        names = read_series(patches_dir)
+    except PatchError as e:
+        raise ForkBuildError(str(e)) from None
+    dl = work / "sdist"
+    dl.mkdir()
+    sdist = fetch_sdist(pin, patches_dir, dl)
+    extract = work / "extract"
+    extract.mkdir()
+    tree = safe_extract(sdist, extract)
+    if not (tree / "livekit" / "plugins" / "openai" / "__init__.py").is_file():
+        raise ForkBuildError(f"error: {sdist.name} does not contain livekit/plugins/openai")
+    try:
+        apply_series(tree, patches_dir, names)
+    except PatchError as e:
+        raise ForkBuildError(str(e)) from None
+    return tree
+
+
+@contextlib.contextmanager
+def _failing_cleanly() -> Iterator[None]:
+    try:
+        yield
+    except ForkBuildError as e:
+        print(str(e), file=sys.stderr, flush=True)
+        raise
+
+
+@contextlib.contextmanager
+def _chdir(path: Path) -> Iterator[None]:
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+def _copy_project_files(dest: Path) -> None:
+    root = project_dir()
+    for name in _SDIST_FILES:
+        shutil.copy2(root / name, dest / name)
+
+
+def _deliver(built_dir: Path, out_dir: str, suffix: str) -> str:
+    produced = [p for p in built_dir.iterdir() if p.name.endswith(suffix)]
+    if len(produced) != 1:
+        raise ForkBuildError(f"error: hatchling produced {len(produced)} {suffix} files")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp_target = out / f".{produced[0].name}.part"
+    shutil.copyfile(produced[0], tmp_target)
+    os.replace(tmp_target, out / produced[0].name)
+    return produced[0].name
+
+
+# ---------------------------------------------------------------------------- PEP 517 hooks
+
+
+def get_requires_for_build_wheel(config_settings: ConfigSettings = None) -> list[str]:
+    """Nothing beyond ``build-system.requires``."""
+    return []
+
+
+def get_requires_for_build_sdist(config_settings: ConfigSettings = None) -> list[str]:
+    """Nothing beyond ``build-system.requires``."""
+    return []
+
+
+def prepare_metadata_for_build_wheel(
+    metadata_directory: str, config_settings: ConfigSettings = None
+) -> str:
+    """Metadata comes from the static ``[project]`` table: checks series and pin, no download.
+
+    hatchling hides its own metadata hook when run by pip, so the ``.dist-info`` is taken from a
+    wheel built out of a staging directory with a placeholder package.
+    """
+    import zipfile
+
+    from hatchling.build import build_wheel as hatch_build_wheel
+
+    with _failing_cleanly(), tempfile.TemporaryDirectory(prefix="lk-fork-meta-") as tmp:
+        patches_dir = find_patches_dir()
+        read_pin(patches_dir)
+        try:
+            read_series(patches_dir)
+        except PatchError as e:
+            raise ForkBuildError(str(e)) from None
+        stage = Path(tmp) / "stage"
+        (stage / "livekit").mkdir(parents=True)
+        (stage / "livekit" / "placeholder.txt").write_text("metadata only\n")
+        _copy_project_files(stage)
+        built = Path(tmp) / "built"
+        built.mkdir()
+        with _chdir(stage):
+            wheel = built / hatch_build_wheel(str(built))
+        with zipfile.ZipFile(wheel) as zf:
+            infos = [n for n in zf.namelist() if n.split("/")[0].endswith(".dist-info")]
+            dist_info = infos[0].split("/")[0]
+            for name in infos:
+                target = Path(metadata_directory).joinpath(*name.split("/"))
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(zf.read(name))
+        return dist_info
+
+
+def build_wheel(
+    wheel_directory: str,
+    config_settings: ConfigSettings = None,
+    metadata_directory: str | None = None,
+) -> str:
+    """Build the patched wheel into ``wheel_directory`` (all or nothing)."""
+    from hatchling.build import build_wheel as hatch_build_wheel
+
+    with _failing_cleanly(), tempfile.TemporaryDirectory(prefix="lk-fork-wheel-") as tmp:
+        work = Path(tmp)
+        tree = prepare_patched_tree(work)
+        stage = work / "stage"
+        stage.mkdir()
+        shutil.copytree(tree / "livekit", stage / "livekit")
+        _copy_project_files(stage)
+        built = work / "built"
+        built.mkdir()
+        with _chdir(stage):
+            hatch_build_wheel(str(built))
+        return _deliver(built, wheel_directory, ".whl")
+
+
+def build_sdist(sdist_directory: str, config_settings: ConfigSettings = None) -> str:
+    """Build the fork's sdist: packaging, backend, series, listed patches and pin."""
+    from hatchling.build import build_sdist as hatch_build_sdist
+
+    with _failing_cleanly(), tempfile.TemporaryDirectory(prefix="lk-fork-sdist-") as tmp:
+        work = Path(tmp)
+        patches_dir = find_patches_dir()
+        read_pin(patches_dir)
+        try:
+            names = read_series(patches_dir)
+        except PatchError as e:
+            raise ForkBuildError(str(e)) from None
+        stage = work / "stage"
+        (stage / "patches").mkdir(parents=True)
+        (stage / "_build").mkdir()
+        _copy_project_files(stage)
+        for module in sorted(Path(__file__).resolve().parent.glob("*.py")):
+            shutil.copy2(module, stage / "_build" / module.name)
+        for name in ["series", PIN_FILE, *names]:
+            shutil.copy2(patches_dir / name, stage / "patches" / name)
+        built = work / "built"
+        built.mkdir()
+        with _chdir(stage):
+            hatch_build_sdist(str(built))
+        return _deliver(built, sdist_directory, ".tar.gz")
