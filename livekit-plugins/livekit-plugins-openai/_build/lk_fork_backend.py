@@ -237,8 +237,13 @@ def safe_extract(sdist: Path, dest: Path) -> Path:
     return dest / tops.pop()
 
 
-def prepare_patched_tree(work: Path, patches_dir: Path | None = None) -> Path:
+def prepare_patched_tree(
+    work: Path, patches_dir: Path | None = None, sdist: Path | None = None
+) -> Path:
     """Fetch, verify, extract and patch the upstream sdist below ``work``; return the tree.
+
+    ``sdist`` (verified like any other source) skips the download; so does
+    ``$LK_OPENAI_FORK_SDIST``.
 
     Raises:
         ForkBuildError: any step failed.
@@ -251,7 +256,13 @@ def prepare_patched_tree(work: Path, patches_dir: Path | None = None) -> Path:
         raise ForkBuildError(str(e)) from None
     dl = work / "sdist"
     dl.mkdir()
-    sdist = fetch_sdist(pin, patches_dir, dl)
+    if sdist is None:
+        sdist = fetch_sdist(pin, patches_dir, dl)
+    elif sha256_of(sdist) != pin.sha256:
+        raise ForkBuildError(
+            f"error: sha256 mismatch for {pin.name}=={pin.version} sdist ({sdist}): "
+            f"expected {pin.sha256}, got {sha256_of(sdist)}"
+        )
     extract = work / "extract"
     extract.mkdir()
     tree = safe_extract(sdist, extract)

@@ -1,0 +1,448 @@
+"""Build, test and check the patched livekit-plugins-openai fork.
+
+Sessions (``nox -l`` lists them):
+
+* ``build``: build the wheel once into ``.nox/_dist/`` (reused while patches/, the packaging
+  directory and the pin are unchanged).
+* ``tests(deps='floor'|'latest')``: install the built wheel and run pytest against the installed
+  copy, never the source tree.
+* ``tests_upstream(version='1.4.6'|'1.4.3')``: run the suite against pristine upstream and check
+  that every ``@pytest.mark.regression(fails_on=...)`` test naming that version fails.
+* ``lint``: ruff and mypy (upstream settings) on the patched plugin sources and on our own code.
+* ``patches``: the series applies exactly with our applier and with ``git am``, same result.
+* ``bench``, ``soak``, ``demo``, ``upstream``: thin wrappers around scripts in tools/, tests/ and
+  examples/.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from xml.etree import ElementTree
+
+import nox
+
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.sessions = ["build", "tests", "patches", "lint"]
+nox.options.error_on_missing_interpreters = True
+
+ROOT = Path(__file__).resolve().parent
+PKG = ROOT / "livekit-plugins" / "livekit-plugins-openai"
+PATCHES = ROOT / "patches"
+PIN = PATCHES / "upstream.txt"
+TESTS = ROOT / "tests"
+TEST_REQUIREMENTS = TESTS / "requirements.txt"
+DIST = ROOT / ".nox" / "_dist"
+PATCHED = ROOT / ".nox" / "_patched"
+
+# release day of livekit-agents / livekit-plugins-openai 1.4.6 (2026-03-16): the "floor" set is
+# what a user resolved then (uv's --exclude-newer uses the registry's upload times)
+FLOOR_DATE = "2026-03-17T00:00:00Z"
+# fallback for the virtualenv backend (pip has no --exclude-newer): the same resolution, pinned
+FLOOR_CONSTRAINTS = TESTS / "packaging" / "floor-constraints.txt"
+UPSTREAM_VERSIONS = ["1.4.6", "1.4.3"]
+
+sys.path.insert(0, str(PKG / "_build"))
+import lk_fork_backend  # noqa: E402
+import lk_fork_patch  # noqa: E402
+
+
+def _uses_uv(session: nox.Session) -> bool:
+    return getattr(session.virtualenv, "venv_backend", "") == "uv"
+
+
+def _inputs_digest() -> str:
+    """Hash of everything the wheel is built from: patches/ (incl. pin) and the packaging dir."""
+    h = hashlib.sha256()
+    for base in (PATCHES, PKG):
+        for path in sorted(p for p in base.rglob("*") if p.is_file()):
+            rel = path.relative_to(ROOT)
+            if "__pycache__" in rel.parts or rel.parts[2:3] == ("livekit",):
+                continue
+            h.update(str(rel).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def upstream_sdist(session: nox.Session) -> Path:
+    """The pinned upstream sdist, downloaded once (hash-checked) into ``.nox/_dist/upstream``."""
+    pin = lk_fork_backend.read_pin(PATCHES)
+    dest = DIST / "upstream"
+    cached = dest / f"livekit_plugins_openai-{pin.version}.tar.gz"
+    if cached.is_file() and lk_fork_backend.sha256_of(cached) == pin.sha256:
+        return cached
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        session.run(
+            *("python", "-m", "pip", "download", "--no-deps", "--no-binary", pin.name),
+            *("--no-build-isolation", "--require-hashes", "-r", str(PIN), "-d", tmp),
+            external=True,
+            silent=True,
+        )
+        (got,) = Path(tmp).glob("*.tar.gz")
+        if lk_fork_backend.sha256_of(got) != pin.sha256:
+            session.error(f"error: sha256 mismatch for downloaded {got.name}")
+        shutil.copyfile(got, cached)
+    return cached
+
+
+def built_wheel(session: nox.Session) -> Path:
+    """Build the fork's wheel into ``.nox/_dist`` unless one from the same inputs exists."""
+    digest = _inputs_digest()
+    stamp = DIST / "wheel.sha256"
+    wheels = sorted(DIST.glob("livekit_plugins_openai-*.whl"))
+    if stamp.is_file() and stamp.read_text().strip() == digest and len(wheels) == 1:
+        session.log(f"reusing {wheels[0].relative_to(ROOT)} (inputs unchanged)")
+        return wheels[0]
+    for old in wheels:
+        old.unlink()
+    stamp.unlink(missing_ok=True)
+    DIST.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        if shutil.which("uv"):
+            session.run("uv", "build", "--wheel", "--out-dir", tmp, str(PKG), external=True)
+        else:
+            session.run(
+                *("python", "-m", "pip", "wheel", "--no-deps", "-w", tmp, str(PKG)), external=True
+            )
+        (wheel,) = Path(tmp).glob("*.whl")
+        shutil.copyfile(wheel, DIST / wheel.name)
+    stamp.write_text(digest + "\n")
+    session.log(f"built {DIST / wheel.name}")
+    return DIST / wheel.name
+
+
+def _install_wheel(session: nox.Session, *extra: str) -> Path:
+    wheel = built_wheel(session)
+    session.install(str(wheel), "-r", str(TEST_REQUIREMENTS), *extra)
+    session.install("--force-reinstall", "--no-deps", str(wheel))
+    return wheel
+
+
+def _assert_installed_copy(session: nox.Session) -> None:
+    """Fail unless ``livekit.plugins.openai`` imports from this session's site-packages."""
+    code = (
+        "import sys, livekit.plugins.openai as m, pathlib; p = pathlib.Path(m.__file__).resolve();"
+        "print(p); sys.exit(0 if 'site-packages' in p.parts and pathlib.Path(sys.prefix).resolve()"
+        " in p.parents else 1)"
+    )
+    with _chdir_tmp(session):
+        session.run("python", "-c", code)
+
+
+@contextlib.contextmanager
+def _cwd(path: Path) -> Iterator[None]:
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+@contextlib.contextmanager
+def _chdir_tmp(session: nox.Session) -> Iterator[Path]:
+    """Run from an empty temp dir so nothing in the repo shadows the installed packages."""
+    with tempfile.TemporaryDirectory(prefix="lk-fork-run-") as tmp, _cwd(Path(tmp)):
+        yield Path(tmp)
+
+
+def _pytest_env(session: nox.Session, **extra: str) -> dict[str, str]:
+    env = {
+        "FORK_REPO_ROOT": str(ROOT),
+        "FORK_UPSTREAM_SDIST": str(upstream_sdist(session)),
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    env.update(extra)
+    return env
+
+
+def _pytest_args(*args: str) -> list[str]:
+    # run from a temp cwd; config and rootdir from the repo; no cache dir in the repo
+    return [
+        "pytest",
+        "-c",
+        str(ROOT / "pyproject.toml"),
+        "--rootdir",
+        str(ROOT),
+        "-p",
+        "no:cacheprovider",
+        *args,
+    ]
+
+
+def _require(session: nox.Session, path: Path, what: str) -> None:
+    if not path.is_file():
+        session.error(f"{what} {path.relative_to(ROOT)} does not exist (not written yet?)")
+
+
+@nox.session
+def build(session: nox.Session) -> None:
+    """Build the patched wheel into .nox/_dist/ (cached on patches/, packaging and pin)."""
+    wheel = built_wheel(session)
+    print(wheel)
+
+
+@nox.session
+@nox.parametrize("deps", ["floor", "latest"])
+def tests(session: nox.Session, deps: str) -> None:
+    """Install the built wheel with the floor or latest dependency set and run pytest on it."""
+    wheel = built_wheel(session)
+    reqs = [str(wheel), "-r", str(TEST_REQUIREMENTS)]
+    if deps == "floor":
+        if _uses_uv(session):
+            session.install(*reqs, "--exclude-newer", FLOOR_DATE)
+        else:
+            session.install(*reqs, "-c", str(FLOOR_CONSTRAINTS))
+    else:
+        session.install("--upgrade", *reqs)
+    # the current build, even in a reused venv holding an older wheel of the same version
+    session.install("--force-reinstall", "--no-deps", str(wheel))
+    _assert_installed_copy(session)
+    with _chdir_tmp(session):
+        session.run(
+            *_pytest_args(str(TESTS), *session.posargs),
+            env=_pytest_env(session, FORK_DEPS=deps, FORK_WHEEL=str(wheel)),
+        )
+
+
+@nox.session
+@nox.parametrize("version", UPSTREAM_VERSIONS)
+def tests_upstream(session: nox.Session, version: str) -> None:
+    """Run the suite on pristine upstream VERSION; every regression test naming it must fail."""
+    session.install(
+        f"livekit-agents=={version}",
+        f"livekit-plugins-openai=={version}",
+        "openai[realtime]<3",
+        "-r",
+        str(TEST_REQUIREMENTS),
+    )
+    _assert_installed_copy(session)
+    with _chdir_tmp(session) as tmp:
+        junit = tmp / "junit.xml"
+        report = tmp / "regression.json"
+        code = session.run(
+            *_pytest_args(
+                "-p",
+                "regression_report",
+                f"--junitxml={junit}",
+                str(TESTS),
+                *session.posargs,
+            ),
+            env=_pytest_env(
+                session,
+                FORK_UNDER_TEST="upstream",
+                FORK_UPSTREAM_VERSION=version,
+                FORK_REGRESSION_REPORT=str(report),
+                PYTHONPATH=str(TESTS / "packaging"),
+            ),
+            success_codes=[0, 1],
+        )
+        if not report.is_file() or not junit.is_file():
+            session.error(f"pytest (exit {code}) wrote no report; see its output above")
+        results = json.loads(report.read_text())
+        junit_names = {
+            f"{case.get('classname')}.{case.get('name')}"
+            for case in ElementTree.parse(junit).getroot().iter("testcase")
+        }
+    _judge_regressions(session, version, results, len(junit_names))
+
+
+def _judge_regressions(
+    session: nox.Session, version: str, results: list[dict[str, object]], ran: int
+) -> None:
+    rows = []
+    bad = []
+    for r in results:
+        fails_on = [str(v) for v in r["fails_on"]]  # type: ignore[attr-defined]
+        if version not in fails_on:
+            continue
+        outcome = str(r["outcome"])
+        ok = outcome == "failed"
+        rows.append((str(r["nodeid"]), f"fails on {version}", outcome + ("" if ok else "  <--")))
+        if not ok:
+            bad.append(r["nodeid"])
+    width = max([len(r[0]) for r in rows] + [4])
+    print(f"\nregression tests against upstream {version} ({ran} tests ran):")
+    print(f"{'test':<{width}}  {'expected':<14}  outcome")
+    for test, expected, outcome in rows:
+        print(f"{test:<{width}}  {expected:<14}  {outcome}")
+    if not rows:
+        session.error(f"no test is marked @pytest.mark.regression(fails_on=(..., {version!r}))")
+    if bad:
+        session.error(
+            f"{len(bad)} regression test(s) did not fail in the call phase on upstream "
+            f"{version}: {', '.join(map(str, bad))}"
+        )
+    print(f"all {len(rows)} regression tests bite on upstream {version}")
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff + mypy (upstream settings) on the patched plugin, and on our own code."""
+    session.install(
+        "ruff",
+        "mypy",
+        "livekit-agents[codecs,images]==1.4.6",
+        "openai[realtime]<3",
+        "hatchling",
+        "nox",
+        "-r",
+        str(TEST_REQUIREMENTS),
+    )
+    tree = _patched_tree(session)
+    cfg = str(ROOT / "pyproject.toml")
+    plugin = tree / "livekit" / "plugins" / "openai"
+    session.run("ruff", "check", "--config", cfg, str(plugin))
+    session.run("ruff", "format", "--check", "--config", cfg, str(plugin))
+    with _cwd(tree):
+        session.run("mypy", "--config-file", cfg, "-p", "livekit.plugins.openai")
+    ours = [str(p) for p in _our_code()]
+    session.run("ruff", "check", *ours)
+    session.run("ruff", "format", "--check", *ours)
+    session.run(
+        "mypy",
+        "--config-file",
+        cfg,
+        *ours,
+        env={"MYPYPATH": os.pathsep.join([str(tree), str(PKG / "_build")])},
+    )
+
+
+def _our_code() -> list[Path]:
+    paths = [ROOT / "noxfile.py", ROOT / "dev.py", PKG / "_build"]
+    paths += [ROOT / name for name in ("tests", "tools") if any((ROOT / name).rglob("*.py"))]
+    return [p for p in paths if p.exists()]
+
+
+def _patched_tree(session: nox.Session) -> Path:
+    """Extract the pinned sdist and apply the series into ``.nox/_patched`` (fresh each time)."""
+    sdist = upstream_sdist(session)
+    if PATCHED.exists():
+        shutil.rmtree(PATCHED)
+    PATCHED.mkdir(parents=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            tree = lk_fork_backend.prepare_patched_tree(Path(tmp), PATCHES, sdist)
+        except lk_fork_backend.ForkBuildError as e:
+            session.error(str(e))
+        shutil.copytree(tree / "livekit", PATCHED / "livekit")
+    return PATCHED
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and ".git" not in p.relative_to(root).parts
+    }
+
+
+@nox.session(venv_backend="none")
+def patches(session: nox.Session) -> None:
+    """The series applies exactly (our applier) and via `git am`; both give the same tree."""
+    try:
+        names = lk_fork_patch.read_series(PATCHES)
+    except lk_fork_patch.PatchError as e:
+        session.error(str(e))
+    listed = set(names)
+    orphans = sorted(p.name for p in PATCHES.glob("*.patch") if p.name not in listed)
+    if orphans:
+        session.error(f"patches not listed in patches/series: {', '.join(orphans)}")
+    for name in names:
+        text = (PATCHES / name).read_text(encoding="utf-8")
+        if "\nSubject: " not in text:
+            session.error(f"{name} is not a `git format-patch` file (no Subject header)")
+        if "\nForwarded: " not in text:
+            session.warn(f"{name} has no 'Forwarded:' line (see CONTRIBUTING.md)")
+    sdist = upstream_sdist(session)
+    with tempfile.TemporaryDirectory(prefix="lk-fork-patches-") as tmp:
+        work = Path(tmp)
+        (work / "applier").mkdir()
+        try:
+            ours = lk_fork_backend.prepare_patched_tree(work / "applier", PATCHES, sdist)
+        except lk_fork_backend.ForkBuildError as e:
+            session.error(str(e))
+        session.log(f"applier: {len(names)} patch(es) applied with no fuzz and no offset")
+
+        repo = work / "monorepo"
+        plugin_dir = repo / "livekit-plugins" / "livekit-plugins-openai"
+        plugin_dir.parent.mkdir(parents=True)
+        pristine = lk_fork_backend.safe_extract(sdist, work / "pristine")
+        shutil.copytree(pristine, plugin_dir)
+        env = {
+            "GIT_AUTHOR_NAME": "nox",
+            "GIT_AUTHOR_EMAIL": "nox@localhost",
+            "GIT_COMMITTER_NAME": "nox",
+            "GIT_COMMITTER_EMAIL": "nox@localhost",
+            "GIT_CONFIG_NOSYSTEM": "1",
+            "HOME": str(work),
+        }
+
+        def git(*args: str) -> None:
+            session.run("git", "-C", str(repo), *args, external=True, env=env, silent=True)
+
+        git("init", "-q")
+        git("add", "-A")
+        git("commit", "-q", "-m", "upstream sdist")
+        git("am", "-q", *(str(PATCHES / n) for n in names))
+        session.log(f"git am: {len(names)} patch(es) applied")
+        ours_files = _files(ours)
+        git_files = _files(plugin_dir)
+        if ours_files != git_files:
+            differ = sorted(
+                k
+                for k in ours_files.keys() | git_files.keys()
+                if ours_files.get(k) != git_files.get(k)
+            )
+            session.error(f"applier and git am disagree on: {', '.join(differ)}")
+        session.log(f"applier == git am on all {len(ours_files)} files")
+
+
+def _script_session(session: nox.Session, script: Path, *args: str, **env: str) -> None:
+    _require(session, script, "script")
+    _install_wheel(session)
+    with _chdir_tmp(session):
+        session.run("python", str(script), *args, env=_pytest_env(session, **env))
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Run tools/bench.py against the installed wheel."""
+    _script_session(session, ROOT / "tools" / "bench.py", *session.posargs)
+
+
+@nox.session
+def soak(session: nox.Session) -> None:
+    """Run the suite with FORK_SOAK=1 (long-running variants) against the installed wheel."""
+    if not any(TESTS.glob("test_*.py")):
+        session.error("no tests/test_*.py to soak")
+    _install_wheel(session)
+    with _chdir_tmp(session):
+        session.run(
+            *_pytest_args(str(TESTS), *session.posargs),
+            env=_pytest_env(session, FORK_SOAK="1"),
+        )
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """Run examples/agent_switch_demo.py against the installed wheel."""
+    _script_session(session, ROOT / "examples" / "agent_switch_demo.py", *session.posargs)
+
+
+@nox.session
+def upstream(session: nox.Session) -> None:
+    """Run tools/upstream_check.py (compares the fork with upstream)."""
+    _script_session(session, ROOT / "tools" / "upstream_check.py", *session.posargs)
+
+
+if __name__ == "__main__":
+    sys.exit(subprocess.call([sys.executable, "-m", "nox", *sys.argv[1:]], cwd=ROOT))
