@@ -82,7 +82,7 @@ def upstream_sdist(session: nox.Session) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         session.run(
             *("python", "-m", "pip", "download", "--no-deps", "--no-binary", pin.name),
-            *("--no-build-isolation", "--require-hashes", "-r", str(PIN), "-d", tmp),
+            *("--require-hashes", "-r", str(PIN), "-d", tmp),
             external=True,
             silent=True,
         )
