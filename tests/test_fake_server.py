@@ -909,3 +909,68 @@ async def test_real_client_update_chat_ctx(fake_azure: FakeAzureRealtimeServer) 
         await sess.aclose()
         await model.aclose()
     assert_all_valid(fake_azure)
+
+
+async def test_real_client_reply_and_user_turn(fake_azure: FakeAzureRealtimeServer) -> None:
+    """The client understands the fake's responses and user turns (not a regression test)."""
+    from openai.types.beta.realtime.session import InputAudioTranscription, TurnDetection
+
+    from livekit.agents import llm
+
+    model = make_model(
+        fake_azure,
+        modalities=["text"],
+        input_audio_transcription=InputAudioTranscription(model="whisper-1", language="en"),
+        turn_detection=TurnDetection(type="server_vad", create_response=False),
+    )
+    sess = model.session()
+    transcripts: list[str] = []
+    errors: list[llm.RealtimeModelError] = []
+    sess.on("input_audio_transcription_completed", lambda ev: transcripts.append(ev.transcript))
+    sess.on("error", errors.append)
+    try:
+        fake_azure.script(TextReply("Bonjour from the fake"))
+        gen = await asyncio.wait_for(sess.generate_reply(), 5)
+        assert gen.user_initiated  # response.metadata.client_event_id was echoed
+        texts = []
+        async for msg in gen.message_stream:
+            texts.append("".join([t async for t in msg.text_stream]))
+        assert texts == ["Bonjour from the fake"]
+        await fake_azure.wait_idle()
+
+        await fake_azure.wait_received("session.update")
+        user_id = await fake_azure.user_audio_turn("what time is it")
+        await fake_azure.wait_for(lambda: bool(transcripts))
+        assert transcripts == ["what time is it"]
+        assert fake_azure.conversation_ids()[-1] == user_id
+        assert fake_azure.conversation[-1]["content"][0]["transcript"] == "what time is it"
+        assert not fake_azure.errors and not errors
+    finally:
+        await sess.aclose()
+        await model.aclose()
+    assert_all_valid(fake_azure)
+
+
+async def test_real_client_reconnects_after_drop(fake_azure: FakeAzureRealtimeServer) -> None:
+    """A dropped connection makes the client reconnect and replay its context on a fresh one."""
+    from livekit.agents import llm
+
+    model = make_model(fake_azure)
+    sess = model.session()
+    try:
+        ctx = llm.ChatContext.empty()
+        ctx.add_message(role="user", content="hello", id="item_user_1")
+        ctx.add_message(role="assistant", content="hi", id="item_asst_1")
+        await sess.update_chat_ctx(ctx)
+        assert await fake_azure.drop_connections() == 1
+        await fake_azure.wait_connected(2)
+        await fake_azure.wait_for(lambda: len(fake_azure.conversation) == 2)
+        assert fake_azure.conversation_ids() == ["item_user_1", "item_asst_1"]
+        assert [[i["id"] for i in c] for c in fake_azure.ended_conversations] == [
+            ["item_user_1", "item_asst_1"]
+        ]
+        assert not fake_azure.errors
+    finally:
+        await sess.aclose()
+        await model.aclose()
+    assert_all_valid(fake_azure)
