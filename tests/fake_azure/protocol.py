@@ -129,7 +129,7 @@ _event_counter = itertools.count(1)
 
 
 def new_event_id() -> str:
-    """Server event id (real ones are ``event_`` + 21 random characters)."""
+    """Server event id (real ones are ``event_`` + 21 random characters; a counter here)."""
     return f"event_{next(_event_counter):021d}"
 
 

@@ -4,8 +4,15 @@ The server listens on 127.0.0.1 only, serves Azure's route
 ``GET /openai/realtime?api-version=...&deployment=...`` and keeps one authoritative, ordered
 conversation per websocket connection. Client events are processed strictly in order and
 validated with the error codes the real service uses; every guess about Azure's behaviour is
-marked "guess" in a comment. Tests drive server-side turns (user speech, scripted responses,
-network drops, injected rejections) through the async methods of :class:`FakeAzureRealtimeServer`.
+marked "guess" (or "inferred") in a comment. Tests drive server-side turns (user speech, scripted
+responses, network drops, injected rejections) through the async methods of
+:class:`FakeAzureRealtimeServer`.
+
+Observed on Azure (from a user's report): ``missing_required_parameter`` on ``item.type`` and
+``item_create_invalid_previous_item_id`` with their messages, ``empty_array`` on
+``item.content``, error events echoing the client ``event_id``, client item ids of at most 32
+characters, in-order processing. Event shapes and sequences follow ``openai.types.beta.realtime``
+and OpenAI's documented event order; that Azure's preview emits exactly these is assumed.
 """
 
 from __future__ import annotations
@@ -660,6 +667,7 @@ class FakeAzureRealtimeServer:
                     return
 
             if etype is None:
+                # guess: code/param for an event without `type`
                 await self._send_error(conn, p.missing_param("type"), event)
                 return
             handler = self._handlers.get(etype) if isinstance(etype, str) else None
@@ -741,6 +749,7 @@ class FakeAzureRealtimeServer:
             return spec
         buffered_ms = conn.audio_buffer_bytes / conn.bytes_per_ms
         if buffered_ms < 100:
+            # code and wording as OpenAI sends them (believed identical on Azure)
             return p.ErrorSpec(
                 "input_audio_buffer_commit_empty",
                 "Error committing input audio buffer: buffer too small. Expected at least 100ms "
@@ -855,6 +864,8 @@ class FakeAzureRealtimeServer:
                 "previous_item_id",
             )
 
+        # Guess: every created item is echoed with status "completed" (also
+        # function_call_output, for which OpenAI's examples are inconsistent).
         out: JsonDict = {
             "id": item_id if item_id is not None else p.new_item_id(),
             "object": "realtime.item",
@@ -919,7 +930,7 @@ class FakeAzureRealtimeServer:
         if isinstance(checked, p.ErrorSpec):
             return checked
         item, previous = checked
-        if previous is None:  # absent: append at the end
+        if previous is None:  # absent (guess: or `null`): append at the end
             previous = conv.append(item)
         elif previous == "root":  # at the beginning
             conv.insert_after(None, item)
@@ -946,7 +957,7 @@ class FakeAzureRealtimeServer:
             return spec
         item_id = ev["item_id"]
         if item_id not in conn.conversation:
-            # code inferred; message follows the known "Error adding item" wording
+            # code inferred; message follows the known "Error adding item" wording; param guessed
             return p.ErrorSpec(
                 "item_delete_invalid_item_id",
                 f"Error deleting item: the item with id '{item_id}' does not exist.",
@@ -1046,6 +1057,7 @@ class FakeAzureRealtimeServer:
         ):
             return spec
         if conn.active is not None:
+            # OpenAI's code and wording (believed identical on Azure)
             return p.ErrorSpec(
                 "conversation_already_has_active_response",
                 "Conversation already has an active response in progress: "
@@ -1065,7 +1077,8 @@ class FakeAzureRealtimeServer:
             return spec
         rid = ev.get("response_id")
         if conn.active is None or (rid is not None and rid != conn.active.response["id"]):
-            # the client ignores errors starting with "Cancellation failed"
+            # OpenAI's code and wording (believed identical on Azure); the client ignores
+            # errors starting with "Cancellation failed"
             return p.ErrorSpec(
                 "response_cancel_not_active",
                 "Cancellation failed: no active response found",
