@@ -84,4 +84,5 @@ def tool_pip_cmd(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
 
 def git_url(repo: Path) -> str:
     """The pip/uv requirement installing the plugin from ``repo``'s HEAD."""
-    return f"livekit-plugins-openai @ git+file://{repo}#subdirectory={PLUGIN_SUBDIR}"
+    # file://localhost/...: pip < 24 rejects an empty netloc in a PEP 508 URL
+    return f"livekit-plugins-openai @ git+file://localhost{repo}#subdirectory={PLUGIN_SUBDIR}"
