@@ -1,0 +1,83 @@
+#!/usr/bin/env python3
+"""Zero-dependency entry point: needs only Python 3.10+ (stdlib) on a fresh machine.
+
+    python3 dev.py test [NOX_ARGS...]   build the wheel, run the test suite against it (floor and
+                                        latest dependency sets) and check the patch series
+    python3 dev.py demo [ARGS...]       run examples/agent_switch_demo.py against the built wheel
+    python3 dev.py SESSION [SESSION...] [-- POSARGS]   run any nox session(s), e.g. `lint`
+
+The first run creates ``.bootstrap/`` (a stdlib venv) holding pinned nox and uv; later runs reuse
+it. Everything else (the wheel, test environments) is managed by ``noxfile.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+BOOTSTRAP = ROOT / ".bootstrap"
+TOOLS = ["nox==2026.10.20", "uv==0.13.9"]
+TEST_SESSIONS = ["tests", "patches"]
+
+USAGE = __doc__ or ""
+
+
+def _bin(name: str) -> Path:
+    sub = "Scripts" if os.name == "nt" else "bin"
+    suffix = ".exe" if os.name == "nt" else ""
+    return BOOTSTRAP / sub / f"{name}{suffix}"
+
+
+def bootstrap() -> Path:
+    """Create or refresh ``.bootstrap/`` with the pinned tools; return its python."""
+    python = _bin("python")
+    stamp = BOOTSTRAP / "tools.txt"
+    wanted = "\n".join(TOOLS) + "\n"
+    if python.exists() and stamp.is_file() and stamp.read_text() == wanted:
+        return python
+    print(f"dev.py: bootstrapping {BOOTSTRAP} ({', '.join(TOOLS)})", flush=True)
+    venv.EnvBuilder(with_pip=True, clear=True).create(BOOTSTRAP)
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *TOOLS],
+        check=True,
+    )
+    stamp.write_text(wanted)
+    return python
+
+
+def nox_command(argv: list[str]) -> list[str]:
+    """Translate dev.py's arguments into a nox command line (without the interpreter)."""
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        raise SystemExit(USAGE)
+    cmd, rest = argv[0], argv[1:]
+    if cmd == "test":
+        return ["-s", *TEST_SESSIONS, *rest]
+    if cmd == "demo":
+        return ["-s", "demo", "--", *rest]
+    sessions = []
+    while rest and not rest[0].startswith("-"):
+        sessions.append(rest.pop(0))
+    return ["-s", cmd, *sessions, *rest]
+
+
+def main(argv: list[str]) -> int:
+    """Bootstrap, then hand over to nox; returns nox's exit code."""
+    if sys.version_info < (3, 10):  # noqa: UP036 - dev.py may be started by an older python3
+        print("dev.py: Python 3.10 or newer is required", file=sys.stderr)
+        return 2
+    args = nox_command(argv)
+    python = bootstrap()
+    env = dict(os.environ)
+    # nox's uv backend and the build pipeline find the pinned uv here
+    env["PATH"] = str(_bin("python").parent) + os.pathsep + env.get("PATH", "")
+    full = [str(python), "-m", "nox", "--noxfile", str(ROOT / "noxfile.py"), *args]
+    print("dev.py: " + " ".join(full[1:]), flush=True)
+    return subprocess.run(full, cwd=ROOT, env=env, check=False).returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
