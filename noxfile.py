@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -71,6 +72,16 @@ def _inputs_digest() -> str:
     return h.hexdigest()
 
 
+def _pip() -> list[str]:
+    """A pip to run outside any session venv (uv-made venvs have none)."""
+    if importlib.util.find_spec("pip") is not None:
+        return [sys.executable, "-m", "pip"]
+    uv = shutil.which("uv")
+    if uv is None:
+        raise RuntimeError("neither pip (next to nox) nor uv is available")
+    return [uv, "tool", "run", "pip"]
+
+
 def upstream_sdist(session: nox.Session) -> Path:
     """The pinned upstream sdist, downloaded once (hash-checked) into ``.nox/_dist/upstream``."""
     pin = lk_fork_backend.read_pin(PATCHES)
@@ -81,7 +92,8 @@ def upstream_sdist(session: nox.Session) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         session.run(
-            *("python", "-m", "pip", "download", "--no-deps", "--no-binary", pin.name),
+            *_pip(),
+            *("download", "--no-deps", "--no-binary", pin.name),
             *("--require-hashes", "-r", str(PIN), "-d", tmp),
             external=True,
             silent=True,
