@@ -1,0 +1,353 @@
+#!/usr/bin/env python3
+"""Check a patch series against a livekit/agents checkout, the way upstream checks a PR.
+
+For a series (a directory with a `series` file naming `git format-patch` files in order):
+
+1. clone the checkout into a temporary directory at the series' base ref and `git am` it;
+2. run upstream's linters on the files the series changes, from the clone's root so that its
+   own pyproject settings apply: `ruff check`, `ruff format --check`, and mypy on the changed
+   packages with the flags of upstream's `scripts/check_types.py` (an error counts against
+   the series only if it lands in a file the series changes);
+3. run the test files the series adds or changes, with the clone's pytest settings;
+4. prove those tests can fail: a test-only patch is applied alone to the base, a `fix` patch
+   with tests gets the patches before it plus only its own test hunks; either way its tests
+   must fail (pytest exit code 1, not a collection or usage error).
+
+The tools run in the interpreter given by `--python` (or `LK_AGENTS_PYTHON`), which needs
+upstream's test and lint dependencies. The clone's packages are put first on `PYTHONPATH` and
+`MYPYPATH`, so that interpreter's own copies of livekit-agents and its plugins are shadowed.
+
+Usage:
+    python tools/upstream_check.py --checkout PATH [--series main|backport|all]
+        [--python PYTHON] [--backport-python PYTHON] [--keep]
+
+`main` is patches/main/series at the commit recorded in patches/main/BASE; `backport` is
+patches/series at tag livekit-agents@1.4.6. Without `--checkout` and without
+`LK_AGENTS_CHECKOUT` it prints why it skipped and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MAIN_SERIES = ROOT / "patches" / "main"
+BACKPORT_SERIES = ROOT / "patches"
+BACKPORT_BASE = "livekit-agents@1.4.6"
+
+_GIT_IDENTITY = ["-c", "user.name=upstream-check", "-c", "user.email=upstream-check@localhost"]
+# flags of upstream's scripts/check_types.py
+_MYPY_FLAGS = ["--untyped-calls-exclude=smithy_aws_core", "--platform", "linux"]
+_TAIL = 40  # lines of tool output kept in the report
+
+
+@dataclass
+class Patch:
+    path: Path
+    subject: str
+    files: list[str]
+
+    @property
+    def test_files(self) -> list[str]:
+        return [f for f in self.files if _is_test_file(f)]
+
+    @property
+    def is_test_only(self) -> bool:
+        return bool(self.files) and all(f.startswith("tests/") for f in self.files)
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str = ""
+
+
+@dataclass
+class Report:
+    label: str
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    def add(self, name: str, ok: bool, detail: str = "") -> bool:
+        self.checks.append(Check(name, ok, detail))
+        print(f"  [{'PASS' if ok else 'FAIL'}] {name}")
+        if detail:
+            for line in detail.rstrip().splitlines():
+                print(f"         {line}")
+        sys.stdout.flush()
+        return ok
+
+
+def _is_test_file(path: str) -> bool:
+    name = path.rsplit("/", 1)[-1]
+    return path.startswith("tests/") and name.startswith("test_") and name.endswith(".py")
+
+
+def read_series(series_dir: Path) -> list[Patch]:
+    """The patches named by `series_dir/series`, in order, with their subjects and files."""
+    patches: list[Patch] = []
+    for line in (series_dir / "series").read_text().splitlines():
+        name = line.split("#", 1)[0].strip()
+        if not name:
+            continue
+        path = series_dir / name
+        text = path.read_text()
+        subject = next(
+            (ln.removeprefix("Subject: ") for ln in text.splitlines() if ln.startswith("Subject:")),
+            name,
+        )
+        # every changed file has a `diff --git a/X b/X` header, deleted ones included
+        files = [
+            ln.split(" b/", 1)[1] for ln in text.splitlines() if ln.startswith("diff --git a/")
+        ]
+        patches.append(Patch(path, subject, list(dict.fromkeys(files))))
+    return patches
+
+
+def read_base(series_dir: Path) -> str:
+    """The commit recorded as `commit: <hash>` in `series_dir/BASE`."""
+    for line in (series_dir / "BASE").read_text().splitlines():
+        if line.startswith("commit:"):
+            return line.split(":", 1)[1].strip()
+    raise ValueError(f"no 'commit:' line in {series_dir / 'BASE'}")
+
+
+def _run(
+    cmd: Sequence[str], cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        list(cmd), cwd=cwd, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+
+
+def _tail(text: str, n: int = _TAIL) -> str:
+    lines = text.rstrip().splitlines()
+    return "\n".join((["..."] if len(lines) > n else []) + lines[-n:])
+
+
+def _clone(checkout: Path, base_ref: str, dest: Path) -> None:
+    out = _run(["git", "clone", "-q", "--no-checkout", str(checkout), str(dest)], cwd=dest.parent)
+    if out.returncode == 0:
+        out = _run(["git", "checkout", "-q", "--detach", base_ref], cwd=dest)
+    if out.returncode != 0:
+        raise RuntimeError(f"cannot check out {base_ref} from {checkout}:\n{out.stdout}")
+
+
+def _am(clone: Path, patches: Sequence[Patch]) -> subprocess.CompletedProcess[str]:
+    out = _run(["git", *_GIT_IDENTITY, "am", "-q", *(str(p.path) for p in patches)], cwd=clone)
+    if out.returncode != 0:
+        _run(["git", "am", "--abort"], cwd=clone)
+    return out
+
+
+def _tool_env(clone: Path) -> dict[str, str]:
+    roots = [
+        clone / "livekit-agents",
+        *sorted((clone / "livekit-plugins").glob("livekit-plugins-*")),
+    ]
+    paths = os.pathsep.join(str(p) for p in roots if p.is_dir())
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [paths, env.get("PYTHONPATH", "")]))
+    env["MYPYPATH"] = paths
+    env.pop("PYTEST_ADDOPTS", None)
+    return env
+
+
+def _packages(files: Sequence[str]) -> list[str]:
+    packages: list[str] = []
+    for f in files:
+        parts = f.split("/")
+        if parts[0] == "livekit-agents":
+            packages.append("livekit.agents")
+        elif parts[0] == "livekit-plugins" and parts[1].startswith("livekit-plugins-"):
+            name = parts[1].removeprefix("livekit-plugins-").replace("-", "_")
+            packages.append(f"livekit.plugins.{name}")
+    return list(dict.fromkeys(packages))
+
+
+def _pytest(python: str, clone: Path, tests: Sequence[str]) -> subprocess.CompletedProcess[str]:
+    cmd = [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests]
+    return _run(cmd, cwd=clone, env=_tool_env(clone))
+
+
+def check_series(
+    series_dir: Path,
+    checkout: Path,
+    base_ref: str,
+    *,
+    python: str = sys.executable,
+    keep: bool = False,
+) -> Report:
+    """Apply the series in `series_dir` to `checkout` at `base_ref` and check it like upstream.
+
+    Args:
+        series_dir: directory holding `series` and the patch files it names.
+        checkout: a livekit/agents git repository (bare or not) that has `base_ref`.
+        base_ref: commit or tag the series applies to.
+        python: interpreter with upstream's lint and test dependencies.
+        keep: leave the temporary clones in place and print where they are.
+
+    Returns:
+        The report; `report.ok` is True when every check passed.
+    """
+    where = series_dir.relative_to(ROOT) if series_dir.is_relative_to(ROOT) else series_dir
+    report = Report(f"{where} @ {base_ref}")
+    print(f"== {report.label}  (checkout {checkout}, python {python})")
+    patches = read_series(series_dir)
+    files = list(dict.fromkeys(f for p in patches for f in p.files))
+    py_files = [f for f in files if f.endswith(".py")]
+    tests = [f for f in files if _is_test_file(f)]
+
+    work = Path(tempfile.mkdtemp(prefix="upstream-check-"))
+    try:
+        clone = work / "series"
+        _clone(checkout, base_ref, clone)
+        out = _am(clone, patches)
+        names = ", ".join(p.path.name for p in patches)
+        if not report.add(
+            f"git am {len(patches)} patches ({names})",
+            out.returncode == 0,
+            "" if out.returncode == 0 else _tail(out.stdout),
+        ):
+            return report
+
+        existing = [f for f in py_files if (clone / f).exists()]
+        env = _tool_env(clone)
+        out = _run([python, "-m", "ruff", "check", *existing], cwd=clone, env=env)
+        report.add(
+            f"ruff check ({len(existing)} files)",
+            out.returncode == 0,
+            "" if out.returncode == 0 else _tail(out.stdout),
+        )
+        out = _run([python, "-m", "ruff", "format", "--check", *existing], cwd=clone, env=env)
+        report.add(
+            f"ruff format --check ({len(existing)} files)",
+            out.returncode == 0,
+            "" if out.returncode == 0 else _tail(out.stdout),
+        )
+
+        packages = _packages(files)
+        if packages:
+            pkg_args = [a for pkg in packages for a in ("-p", pkg)]
+            out = _run([python, "-m", "mypy", *_MYPY_FLAGS, *pkg_args], cwd=clone, env=env)
+            ours = [
+                ln
+                for ln in out.stdout.splitlines()
+                if ": error:" in ln and ln.split(":", 1)[0] in files
+            ]
+            summary = (out.stdout.strip().splitlines() or ["(no output)"])[-1]
+            if out.returncode not in (0, 1):  # mypy crashed or was misused
+                ours.append(_tail(out.stdout))
+            elif out.returncode == 1 and not ours:
+                summary += " (none in files the series changes, so not counted)"
+            report.add(f"mypy {' '.join(pkg_args)}", not ours, "\n".join(ours) or summary)
+
+        if tests:
+            out = _pytest(python, clone, tests)
+            report.add(
+                f"pytest {' '.join(tests)}",
+                out.returncode == 0,
+                _tail(out.stdout, 5 if out.returncode == 0 else _TAIL),
+            )
+        else:
+            report.add("pytest: the series adds no tests under tests/", False)
+
+        for i, patch in enumerate(patches):
+            if not patch.test_files:
+                continue
+            if patch.is_test_only:
+                how, before, hunks = "alone on the base", [], False
+            elif patch.subject.split("]", 1)[-1].strip().startswith("fix"):
+                how, before, hunks = "tests only, after the patches before it", patches[:i], True
+            else:
+                continue
+            bare = work / f"without-{i}"
+            _clone(checkout, base_ref, bare)
+            applied = _am(bare, before) if before else None
+            if applied is None or applied.returncode == 0:
+                if hunks:
+                    applied = _run(["git", "apply", "--include=tests/*", str(patch.path)], cwd=bare)
+                else:
+                    applied = _am(bare, [patch])
+            name = f"{patch.path.name} ({how}) fails"
+            if applied.returncode != 0:
+                report.add(name, False, "could not apply:\n" + _tail(applied.stdout))
+                continue
+            out = _pytest(python, bare, patch.test_files)
+            detail = [ln for ln in out.stdout.splitlines() if ln.startswith(("FAILED", "ERROR"))]
+            verdict = {0: "tests passed without the fix", 1: "", 5: "no tests collected"}
+            report.add(
+                name,
+                out.returncode == 1,
+                "\n".join(detail[:_TAIL]) or verdict.get(out.returncode, _tail(out.stdout)),
+            )
+    finally:
+        if keep:
+            print(f"  (kept {work})")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+    print(f"== {report.label}: {'OK' if report.ok else 'FAILED'}\n")
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+    parser.add_argument("--checkout", type=Path, help="livekit/agents git repository")
+    parser.add_argument("--series", choices=("main", "backport", "all"), default="all")
+    parser.add_argument(
+        "--python",
+        default=os.environ.get("LK_AGENTS_PYTHON", sys.executable),
+        help="interpreter with upstream's lint/test deps (env LK_AGENTS_PYTHON)",
+    )
+    parser.add_argument(
+        "--backport-python", help="interpreter for the 1.4.6 series (default: --python)"
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the temporary clones")
+    args = parser.parse_args(argv)
+
+    checkout = args.checkout or (
+        Path(os.environ["LK_AGENTS_CHECKOUT"]) if os.environ.get("LK_AGENTS_CHECKOUT") else None
+    )
+    if checkout is None:
+        print(
+            "upstream_check: skipped, no livekit/agents checkout given "
+            "(pass --checkout PATH or set LK_AGENTS_CHECKOUT)"
+        )
+        return 0
+
+    reports: list[Report] = []
+    if args.series in ("backport", "all"):
+        python = args.backport_python or args.python
+        reports.append(
+            check_series(BACKPORT_SERIES, checkout, BACKPORT_BASE, python=python, keep=args.keep)
+        )
+    if args.series in ("main", "all"):
+        base = read_base(MAIN_SERIES)
+        reports.append(
+            check_series(MAIN_SERIES, checkout, base, python=args.python, keep=args.keep)
+        )
+
+    for r in reports:
+        failed = [c.name for c in r.checks if not c.ok]
+        print(
+            f"{'OK    ' if r.ok else 'FAILED'} {r.label}"
+            + (f": {'; '.join(failed)}" if failed else "")
+        )
+    return 0 if all(r.ok for r in reports) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
