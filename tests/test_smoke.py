@@ -33,9 +33,14 @@ def test_imports_from_site_packages_not_the_repo() -> None:
 @pytest.mark.skipif(UNDER_TEST == "upstream", reason="pristine upstream has its own version")
 def test_installed_distribution_is_the_fork() -> None:
     assert metadata.version("livekit-plugins-openai") == FORK_VERSION
+
+
+@pytest.mark.regression(fails_on=("1.4.6", "1.4.3"))
+def test_metadata_caps_openai_below_3() -> None:
+    """Patch 0001: without the cap a fresh install resolves openai 3, which lacks httpx."""
     requires = metadata.requires("livekit-plugins-openai") or []
-    openai_req = next(r for r in requires if r.startswith("openai"))
-    assert "<3" in openai_req, openai_req
+    (openai_req,) = [r for r in requires if r.replace(" ", "").startswith("openai[")]
+    assert "<3" in openai_req.replace(" ", ""), openai_req
 
 
 def test_openai_major_is_2() -> None:
