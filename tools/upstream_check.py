@@ -9,7 +9,7 @@ For a series (a directory with a `series` file naming `git format-patch` files i
    packages with the flags of upstream's `scripts/check_types.py` (an error counts against
    the series only if it lands in a file the series changes);
 3. run the test files the series adds or changes, with the clone's pytest settings;
-4. prove those tests can fail: a test-only patch is applied alone to the base, a `fix` patch
+4. prove those tests can fail: a test patch is applied alone to the base, a `fix` patch
    with tests gets the patches before it plus only its own test hunks; either way its tests
    must fail (pytest exit code 1, not a collection or usage error).
 
@@ -60,8 +60,16 @@ class Patch:
         return [f for f in self.files if _is_test_file(f)]
 
     @property
-    def is_test_only(self) -> bool:
-        return bool(self.files) and all(f.startswith("tests/") for f in self.files)
+    def kind(self) -> str:
+        """The conventional-commit type of the subject: `fix`, `perf`, `test`, ..."""
+        title = self.subject.split("] ", 1)[-1] if self.subject.startswith("[") else self.subject
+        return title.split(":", 1)[0].split("(", 1)[0].strip()
+
+    @property
+    def is_test_patch(self) -> bool:
+        # a test patch may also list its tests where upstream's CI picks them up
+        only_tests = bool(self.files) and all(f.startswith("tests/") for f in self.files)
+        return self.kind == "test" or only_tests
 
 
 @dataclass
@@ -267,9 +275,9 @@ def check_series(
         for i, patch in enumerate(patches):
             if not patch.test_files:
                 continue
-            if patch.is_test_only:
+            if patch.is_test_patch:
                 how, before, hunks = "alone on the base", [], False
-            elif patch.subject.split("]", 1)[-1].strip().startswith("fix"):
+            elif patch.kind == "fix":
                 how, before, hunks = "tests only, after the patches before it", patches[:i], True
             else:
                 continue
@@ -286,7 +294,8 @@ def check_series(
                 report.add(name, False, "could not apply:\n" + _tail(applied.stdout))
                 continue
             out = _pytest(python, bare, patch.test_files)
-            detail = [ln for ln in out.stdout.splitlines() if ln.startswith(("FAILED", "ERROR"))]
+            summary_lines = ("FAILED ", "ERROR tests/")
+            detail = [ln for ln in out.stdout.splitlines() if ln.startswith(summary_lines)]
             verdict = {0: "tests passed without the fix", 1: "", 5: "no tests collected"}
             report.add(
                 name,
