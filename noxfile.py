@@ -302,7 +302,7 @@ def _judge_regressions(
         if not ok:
             bad.append(r["nodeid"])
     width = max([len(r[0]) for r in rows] + [4])
-    print(f"\nregression tests against upstream {version} ({ran} tests ran):")
+    print(f"\nregression tests against upstream {version} ({ran} test cases in junit.xml):")
     print(f"{'test':<{width}}  {'expected':<14}  outcome")
     for test, expected, outcome in rows:
         print(f"{test:<{width}}  {expected:<14}  {outcome}")
