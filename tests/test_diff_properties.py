@@ -116,7 +116,7 @@ def _is_subsequence(sub: Sequence[str], seq: Sequence[str]) -> bool:
 
 def _predecessors(ids: Sequence[str]) -> dict[str, str | None]:
     """Each id mapped to the id before it (``None`` for the first)."""
-    return dict(zip(ids, [None, *ids[:-1]], strict=True))
+    return {item_id: ids[k - 1] if k else None for k, item_id in enumerate(ids)}
 
 
 def _apply(old_ids: Sequence[str], ops: DiffOps) -> list[str]:
