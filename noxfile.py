@@ -390,7 +390,8 @@ def patches(session: nox.Session) -> None:
     listed = set(names)
     orphans = sorted(p.name for p in PATCHES.glob("*.patch") if p.name not in listed)
     if orphans:
-        session.error(f"patches not listed in patches/series: {', '.join(orphans)}")
+        # e.g. a test-only patch kept for the upstream PR; not built, so only worth a warning
+        session.warn(f"not in patches/series (not built): {', '.join(orphans)}")
     for name in names:
         text = (PATCHES / name).read_text(encoding="utf-8")
         if "\nSubject: " not in text:
