@@ -83,6 +83,17 @@ def test_new_file_and_tests_skipped(
     assert not (root / "tests").exists()
 
 
+def test_upstream_makefile_skipped(
+    build_modules: tuple[ModuleType, ModuleType], tmp_path: Path
+) -> None:
+    """The backport's test patch lists its test in the monorepo makefile's unit-tests target."""
+    text = _diff("makefile", "@@ -1 +1,2 @@\n unit-tests:\n+\ttests/test_x.py\n")
+    text += _diff(P + "pkg/f.py", HUNK_AT_4)
+    root = _apply(build_modules, tmp_path, text)
+    assert not (root / "makefile").exists()
+    assert (root / "pkg" / "f.py").read_text() == ORIGINAL.replace("line 5\n", "LINE FIVE\n")
+
+
 def test_path_outside_plugin_is_refused(
     build_modules: tuple[ModuleType, ModuleType], tmp_path: Path
 ) -> None:

@@ -7,8 +7,9 @@ directory alone. :func:`apply_series` maps one onto the other and applies every 
 * no fuzz and no offset: each hunk's old lines must match the target at the line number the hunk
   header states (after accounting for earlier hunks of the same file diff);
 * supported operations are modifying an existing file and creating a new one;
-* only paths under ``livekit-plugins/livekit-plugins-openai/`` are applied, paths under the
-  monorepo's ``tests/`` are skipped (the fork carries its own tests), anything else is an error.
+* only paths under ``livekit-plugins/livekit-plugins-openai/`` are applied; the monorepo's
+  ``tests/`` and its root ``makefile`` (whose ``unit-tests`` target lists the test files) are
+  skipped, since the fork carries its own tests; anything else is an error.
 
 Everything works on bytes so line endings and encodings pass through untouched. The module is
 stdlib-only so the build backend, ``noxfile.py`` and the tests can all use it.
@@ -23,6 +24,7 @@ from pathlib import Path, PurePosixPath
 
 PLUGIN_PREFIX = "livekit-plugins/livekit-plugins-openai/"
 SKIPPED_PREFIXES = ("tests/",)
+SKIPPED_FILES = ("makefile",)
 
 _HUNK_RE = re.compile(rb"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
 _UNSUPPORTED_HEADERS = (
@@ -293,13 +295,13 @@ def apply_patch(root: Path, patch: Path, result: ApplyResult | None = None) -> A
     name = patch.name
     pending: dict[Path, bytes] = {}
     for fd in parse_patch(patch.read_bytes(), name):
-        if fd.path.startswith(SKIPPED_PREFIXES):
+        if fd.path.startswith(SKIPPED_PREFIXES) or fd.path in SKIPPED_FILES:
             result.skipped.append((name, fd.path))
             continue
         if not fd.path.startswith(PLUGIN_PREFIX):
             raise PatchError(
                 f"error: patch {name} touches {fd.path}, which is outside "
-                f"{PLUGIN_PREFIX} and tests/"
+                f"{PLUGIN_PREFIX}, tests/ and makefile"
             )
         dest = _target(root, fd.path[len(PLUGIN_PREFIX) :])
         if dest in pending:
