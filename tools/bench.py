@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import gc
 import importlib
 import importlib.metadata
@@ -242,7 +243,7 @@ def _server_main(conn: Connection) -> None:
             name = cmd[0]
             if name == "stats":
                 return {
-                    "received": dict(server._received_counts),
+                    "received": dict(collections.Counter(server.received_types())),
                     "errors": [(e.code, e.message) for e in server.errors],
                     "conversation": server.conversation_ids(),
                     "live": server.live_connections,
