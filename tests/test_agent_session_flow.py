@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ import pytest
 from fake_azure import AudioReply, FakeAzureRealtimeServer, FunctionCallReply, make_model
 
 from livekit.agents import Agent, AgentSession, function_tool
+
+UPSTREAM = os.environ.get("FORK_UNDER_TEST") == "upstream"
 
 JsonDict = dict[str, Any]
 
@@ -47,6 +50,8 @@ class FlowLog:
     """per agent name: awaited in ``on_enter`` before its ``update_chat_ctx``"""
     after_sync: dict[str, EnterHook] = field(default_factory=dict)
     """per agent name: awaited in ``on_enter`` after its ``update_chat_ctx``"""
+    look_up_first: set[str] = field(default_factory=set)
+    """agent names that call the ``look_up_order`` tool before handing over"""
     entered: list[str] = field(default_factory=list)
     switch_s: dict[str, float] = field(default_factory=dict)
     sync_errors: list[tuple[str, BaseException]] = field(default_factory=list)
@@ -86,11 +91,23 @@ class SwitchAgent(Agent):
                 handle = self.session.generate_reply()
                 handle.add_done_callback(lambda _: log.done.set())
             else:
+                if self.name in log.look_up_first:
+                    # the agent answers the tool's output with a new response: the transfer
+                    log.server.script(FunctionCallReply("look_up_order", {"order_id": "42"}))
                 log.server.script(FunctionCallReply(TRANSFER_TOOL))
                 self.session.generate_reply()
         except RuntimeError as e:  # the session is closing after an earlier failure
             log.flow_errors.append((self.name, e))
             log.done.set()
+
+    @function_tool
+    async def look_up_order(self, order_id: str) -> str:
+        """Look an order up.
+
+        Args:
+            order_id: the order number.
+        """
+        return f"order {order_id} shipped yesterday"
 
     @function_tool
     async def transfer_to_next(self) -> Agent:
@@ -231,3 +248,26 @@ async def test_user_speaks_during_switch(
         # the transcript reached the agent's context and went on to the next agent, as text
         support = fake_azure.ended_conversations[2]
         assert spoken in texts_of(support, "user")
+
+
+FCO_ORDER_BUG = (
+    "fork bug: the new agent's context is synced as one run of new items, created last item "
+    "first, so the tool's function_call_output is created before its function_call and a "
+    "service that checks the call_id (OpenAI documents it; the fake does) rejects it"
+)
+
+
+@pytest.mark.xfail(not UPSTREAM, reason=FCO_ORDER_BUG, strict=True)
+async def test_agent_switch_after_tool_call(fake_azure: FakeAzureRealtimeServer) -> None:
+    """The first agent calls a tool, then hands over: the call and its output go along."""
+    log = FlowLog(fake_azure, look_up_first={AGENT_NAMES[0]})
+    session_errors = await run_flow(log)
+    # before answering a tool's output the agent interrupts, i.e. sends response.cancel when
+    # no response is active; the service's "Cancellation failed" answer is expected
+    assert_clean_flow(log, session_errors, ignore_codes=("response_cancel_not_active",))
+    for conversation in fake_azure.ended_conversations[1:]:
+        kinds = [(i["type"], i.get("name")) for i in conversation if i["type"] != "message"]
+        assert kinds[:2] == [
+            ("function_call", "look_up_order"),
+            ("function_call_output", None),
+        ], conversation
