@@ -359,7 +359,11 @@ class FakeAzureRealtimeServer:
         self._waiters.clear()
 
     async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-        """Wait until ``predicate()`` holds; it is re-checked after every server state change.
+        """Wait until ``predicate()`` holds.
+
+        It is re-checked after every server state change, and every 10 ms: a predicate on the
+        client's state (a transcript the client received) can become true after the server's
+        last change.
 
         Raises:
             asyncio.TimeoutError: if it does not hold within ``timeout`` seconds.
@@ -370,7 +374,8 @@ class FakeAzureRealtimeServer:
             while not predicate():
                 fut: asyncio.Future[None] = loop.create_future()
                 self._waiters.add(fut)
-                await fut
+                await asyncio.wait({fut}, timeout=0.01)
+                self._waiters.discard(fut)
 
         await asyncio.wait_for(_loop(), timeout)
 

@@ -62,7 +62,8 @@ def _reference_tree(clone: Path, sdist: Path, dest: Path) -> Path:
     ]
     assert names, "empty series"
     for name in names:
-        run(["git", "apply", "--exclude=tests/*", patches / name], cwd=repo)
+        # the monorepo's tests/ and root makefile are not part of the plugin sdist
+        run(["git", "apply", "--exclude=tests/*", "--exclude=makefile", patches / name], cwd=repo)
     return plugin / "livekit" / "plugins" / "openai"
 
 
@@ -159,6 +160,9 @@ def test_tampered_hash_is_refused_by_pip_download(
     assert not out.exists() or not list(out.iterdir())
 
 
+PLUGIN_PREFIX = "livekit-plugins/livekit-plugins-openai/"
+
+
 def _series(repo: Path) -> list[str]:
     lines = (repo / "patches" / "series").read_text().splitlines()
     return [ln.split("#", 1)[0].strip() for ln in lines if ln.split("#", 1)[0].strip()]
@@ -167,12 +171,25 @@ def _series(repo: Path) -> list[str]:
 def test_broken_patch_is_refused_naming_patch_file_and_hunk(
     work_clone: Path, upstream_sdist: Path, pip_cmd: list[str], tmp_path: Path
 ) -> None:
-    name = _series(work_clone)[-1]
+    # the last patch that modifies a plugin file (a test-only patch has nothing to break)
+    name = [
+        n
+        for n in _series(work_clone)
+        if f"--- a/{PLUGIN_PREFIX}" in (work_clone / "patches" / n).read_text()
+    ][-1]
     patch = work_clone / "patches" / name
     lines = patch.read_text().splitlines(keepends=True)
-    # break the first context line of the second hunk if there is one, else of the first
+    # break the first context line of the second hunk of a modified plugin file if there is one,
+    # else of the first
     hunk_starts = [i for i, ln in enumerate(lines) if ln.startswith("@@ ")]
-    start = hunk_starts[1] if len(hunk_starts) > 1 else hunk_starts[0]
+    plugin_hunks = [
+        i
+        for i in hunk_starts
+        if [ln for ln in lines[:i] if ln.startswith("--- ")][-1].startswith(
+            f"--- a/{PLUGIN_PREFIX}"
+        )
+    ]
+    start = plugin_hunks[1] if len(plugin_hunks) > 1 else plugin_hunks[0]
     file_line = [ln for ln in lines[:start] if ln.startswith("+++ b/")][-1]
     target = file_line[len("+++ b/") :].strip()
     # the hunk number counts within its file diff
