@@ -72,7 +72,7 @@ class SwitchAgent(Agent):
         log = self.log
         log.entered.append(self.name)
         if (hook := log.before_sync.get(self.name)) is not None:
-            await hook(self)
+            await self._run_hook(hook)
         ctx = self.chat_ctx.copy()
         ctx.add_message(role="system", content=system_note(self.name))
         started = time.perf_counter()
@@ -83,7 +83,7 @@ class SwitchAgent(Agent):
             log.done.set()
         log.switch_s[self.name] = time.perf_counter() - started
         if (hook := log.after_sync.get(self.name)) is not None:
-            await hook(self)
+            await self._run_hook(hook)
 
         try:
             if self.index == len(log.names) - 1:
@@ -99,6 +99,13 @@ class SwitchAgent(Agent):
         except RuntimeError as e:  # the session is closing after an earlier failure
             log.flow_errors.append((self.name, e))
             log.done.set()
+
+    async def _run_hook(self, hook: EnterHook) -> None:
+        try:
+            await hook(self)
+        except Exception as e:  # a broken premise of the test: reported, ends the flow
+            self.log.flow_errors.append((self.name, e))
+            self.log.done.set()
 
     @function_tool
     async def look_up_order(self, order_id: str) -> str:
@@ -214,17 +221,28 @@ async def test_user_speaks_during_switch(
 
     log = FlowLog(fake_azure)
     user_items: list[str] = []
+    turns: list[asyncio.Task[str]] = []
     spoken = "I also have a billing question"
 
     async def user_speaks(agent: SwitchAgent) -> None:
-        item_id = await fake_azure.user_audio_turn(
-            spoken if transcript == "late" else None, transcript_delay=0.2, respond=False
-        )
-        user_items.append(item_id)
+        # the turn goes on (transcript after 0.3 s) while on_enter syncs
         rt_session = agent.realtime_llm_session
-        await wait_until(lambda: rt_session.chat_ctx.get_by_id(item_id) is not None)
+        before = {item.id for item in rt_session.chat_ctx.items}
+        turns.append(
+            asyncio.create_task(
+                fake_azure.user_audio_turn(
+                    spoken if transcript == "late" else None, transcript_delay=0.3, respond=False
+                )
+            )
+        )
+        await wait_until(lambda: any(i.id not in before for i in rt_session.chat_ctx.items))
+        user_items.extend(i.id for i in rt_session.chat_ctx.items if i.id not in before)
 
     async def transcript_arrives(agent: SwitchAgent) -> None:
+        (turn,) = turns
+        if transcript == "late":
+            assert not turn.done(), "the transcript arrived before the sync: nothing tested"
+        assert await turn == user_items[0]
         if transcript == "late":
             await wait_until(lambda: agent.chat_ctx.get_by_id(user_items[0]) is not None)
 

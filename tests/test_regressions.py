@@ -375,10 +375,27 @@ async def test_generate_reply_rejected_fails_at_once(fake_azure: FakeAzureRealti
 async def user_turn(
     server: FakeAzureRealtimeServer, sess: Session, transcript: str | None, **kwargs: Any
 ) -> str:
-    """Play a user audio turn and wait until the client's mirror holds its item."""
+    """Play a whole user audio turn and wait until the client's mirror holds its item."""
     item_id = await server.user_audio_turn(transcript, **kwargs)
     await wait_until(lambda: sess.chat_ctx.get_by_id(item_id) is not None)
     return item_id
+
+
+async def start_user_turn(
+    server: FakeAzureRealtimeServer, sess: Session, transcript: str | None, **kwargs: Any
+) -> tuple[str, asyncio.Task[str]]:
+    """Start a user audio turn; return once the client's mirror holds its item.
+
+    The rest of the turn (a delayed transcript, a response) goes on in the returned task.
+    """
+    before = {item.id for item in sess.chat_ctx.items}
+    turn = asyncio.create_task(server.user_audio_turn(transcript, **kwargs))
+
+    def new_ids() -> list[str]:
+        return [item.id for item in sess.chat_ctx.items if item.id not in before]
+
+    await wait_until(lambda: bool(new_ids()) or turn.done())
+    return new_ids()[0], turn
 
 
 @pytest.mark.regression(fails_on=("1.4.6", "1.4.3"))
@@ -389,15 +406,20 @@ async def test_audio_item_pending_transcript_not_deleted(
     ctx = text_ctx(("sys_1", "system", "TEST"))
     async with beta_session(fake_azure, **audio_session_kwargs()) as (sess, _):
         await sync(sess, ctx)
-        user_id = await user_turn(
-            fake_azure, sess, "what time is it", transcript_delay=0.3, respond=False
+        user_id, turn = await start_user_turn(
+            fake_azure, sess, "what time is it", transcript_delay=0.5, respond=False
         )
-        ctx.add_message(role="system", content="TEST 2", id="sys_2")
-        await sync(sess, ctx)  # the local side does not have the user turn yet
-        assert error_codes(fake_azure) == []
-        assert user_id in fake_azure.conversation_ids()
-        # new items land after the user turn, as they happened
-        assert fake_azure.conversation_ids() == ["sys_1", user_id, "sys_2"]
+        try:
+            ctx.add_message(role="system", content="TEST 2", id="sys_2")
+            await sync(sess, ctx)  # the local side does not have the user turn yet
+            assert not turn.done(), "the transcript arrived before the sync: nothing tested"
+            assert error_codes(fake_azure) == []
+            assert user_id in fake_azure.conversation_ids()
+            # new items land after the user turn, as they happened
+            assert fake_azure.conversation_ids() == ["sys_1", user_id, "sys_2"]
+        finally:
+            assert await turn == user_id
+        assert fake_azure.conversation[1]["content"][0]["transcript"] == "what time is it"
 
 
 @pytest.mark.regression(fails_on=("1.4.6", "1.4.3"))
