@@ -1,0 +1,393 @@
+"""Agent switches on Azure OpenAI Realtime (preview protocol) with a system message per switch.
+
+The flow of the user report this fork fixes: an ``AgentSession`` on
+``openai.realtime.RealtimeModel.with_azure(...)`` whose agents hand over to each other through a
+function tool, and every agent's ``on_enter`` adds a system message to its chat context with
+``update_chat_ctx``. For each switch the demo prints the client events it cost (by type), the
+errors the service answered and the time it took, then a one-line summary. The exit code is 1
+when the service reported an error (or a switch failed), 0 otherwise.
+
+Two targets:
+
+* ``--fake`` (the default without Azure settings): the strict fake Azure realtime server of this
+  repository's tests, started in-process on 127.0.0.1. The simulated caller speaks twice (audio
+  turns), once while an agent switch is in progress.
+* ``--azure`` (the default when ``AZURE_OPENAI_ENDPOINT``, ``AZURE_OPENAI_API_KEY`` and
+  ``OPENAI_API_VERSION`` are set): a real deployment, ``AZURE_OPENAI_DEPLOYMENT`` (default
+  ``gpt-4o-realtime-preview``). The caller's turns are text; an agent that does not call the
+  transfer tool in time is switched directly (and the demo says so).
+
+Run ``python examples/agent_switch_demo.py`` (or ``nox -s demo`` against the built wheel).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from openai.types.beta.realtime.session import InputAudioTranscription, TurnDetection
+
+from livekit.agents import Agent, AgentSession, function_tool, llm
+from livekit.plugins import openai
+
+AGENTS = ("greeter", "billing", "support")
+TRANSFER_TOOL = "transfer_to_next"
+DEFAULT_DEPLOYMENT = "gpt-4o-realtime-preview"
+AZURE_ENV = ("AZURE_OPENAI_ENDPOINT", "AZURE_OPENAI_API_KEY", "OPENAI_API_VERSION")
+# how long a real model gets to call the transfer tool before the demo switches directly
+AZURE_TOOL_WAIT_S = 20.0
+FLOW_TIMEOUT_S = {"fake": 30.0, "azure": 180.0}
+# errors the plugin itself ignores (a response.cancel that found no active response)
+IGNORED_ERROR_PREFIX = "Cancellation failed"
+
+Mode = Literal["fake", "azure"]
+
+
+def system_note(name: str) -> str:
+    return f"NOTE: the caller was transferred to the {name} agent."
+
+
+@dataclass
+class Switch:
+    """One agent activation: what its realtime session sent and was answered until it settled."""
+
+    number: int
+    agent: str
+    came_from: str | None
+    via: str
+    requested_at: float
+    entered_at: float | None = None
+    settled: bool = False
+    sync_s: float | None = None
+    switch_s: float | None = None
+    sync_error: str | None = None
+    events: Counter[str] = field(default_factory=Counter)
+    errors: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    lost_audio: list[str] = field(default_factory=list)
+    """audio items of the caller the sync deleted from the service (fake mode checks this)"""
+
+
+class Demo:
+    """Runs the flow and keeps the account of every switch."""
+
+    def __init__(self, mode: Mode, model: llm.RealtimeModel, fake: Any = None) -> None:
+        self.mode = mode
+        self.model = model
+        self.fake = fake  # the fake server in --fake mode
+        self.switches: list[Switch] = []
+        self.late_errors: list[str] = []
+        self.done = asyncio.Event()
+        self.flow_error: str | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        # each agent activity opens its own realtime session: watch every one from its start
+        new_session = model.session
+
+        def session_with_probe() -> llm.RealtimeSession:
+            rt_session = new_session()
+            self._watch(rt_session, self.switches[-1])
+            return rt_session
+
+        setattr(model, "session", session_with_probe)  # noqa: B010
+
+    def _watch(self, rt_session: llm.RealtimeSession, switch: Switch) -> None:
+        def on_client_event(event: dict[str, Any]) -> None:
+            if not switch.settled:
+                switch.events[str(event.get("type"))] += 1
+
+        def on_server_event(event: dict[str, Any]) -> None:
+            if event.get("type") != "error":
+                return
+            error = event.get("error") or {}
+            text = f"{error.get('code')}: {error.get('message')}"
+            if str(error.get("message", "")).startswith(IGNORED_ERROR_PREFIX):
+                switch.ignored.append(text)
+            else:
+                switch.errors.append(text)
+
+        rt_session.on("openai_client_event_queued", on_client_event)
+        rt_session.on("openai_server_event_received", on_server_event)
+
+    def request_switch(self, agent: str, came_from: str | None, via: str) -> None:
+        self.switches.append(
+            Switch(len(self.switches) + 1, agent, came_from, via, time.perf_counter())
+        )
+
+    def spawn(self, coro: Awaitable[None]) -> None:
+        async def run() -> None:
+            try:
+                await coro
+            except Exception as e:  # reported in the account, the demo goes on to its end
+                self.fail(f"{type(e).__name__}: {e}")
+
+        task = asyncio.create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def fail(self, reason: str) -> None:
+        self.flow_error = self.flow_error or reason
+        self.done.set()
+
+    async def cancel_tasks(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+class SwitchAgent(Agent):
+    """Agent ``index`` of the flow: notes itself in the context on entry, then hands over."""
+
+    def __init__(self, demo: Demo, index: int, chat_ctx: llm.ChatContext | None = None) -> None:
+        self.demo = demo
+        self.index = index
+        self.agent_name = AGENTS[index]
+        self.last = index == len(AGENTS) - 1
+        self.transferring = False
+        super().__init__(
+            instructions=(
+                f"You are the {self.agent_name} agent of a short demo. Answer in one sentence."
+                + ("" if self.last else f" When asked to transfer, call {TRANSFER_TOOL}.")
+            ),
+            chat_ctx=chat_ctx,
+        )
+
+    @property
+    def switch(self) -> Switch:
+        return self.demo.switches[-1]
+
+    async def on_enter(self) -> None:
+        demo, switch = self.demo, self.switch
+        switch.entered_at = time.perf_counter()
+        caller: asyncio.Task[str] | None = None
+        if demo.mode == "fake" and self.agent_name == "support":
+            # the caller talks while the switch is in progress: the service holds their audio
+            # turn before the new agent's context knows it (its transcript comes later)
+            caller = await self._start_user_audio("and please check my last payment", 0.3)
+
+        ctx = self.chat_ctx.copy()
+        ctx.add_message(role="system", content=system_note(self.agent_name))
+        started = time.perf_counter()
+        try:
+            await self.update_chat_ctx(ctx)
+        except llm.RealtimeError as e:
+            switch.sync_error = f"{type(e).__name__}: {e}"
+        switch.sync_s = time.perf_counter() - started
+        # the switch: the framework's handover up to on_enter, then the sync (not the caller)
+        switch.switch_s = switch.entered_at - switch.requested_at + switch.sync_s
+        switch.settled = True
+        if caller is not None:
+            pending = not caller.done()
+            item_id = await caller
+            switch.notes.append(
+                f"caller spoke during the switch (audio item {item_id}, transcript "
+                f"{'still pending' if pending else 'already in'} at update_chat_ctx)"
+            )
+            if item_id not in demo.fake.conversation_ids():
+                switch.lost_audio.append(item_id)
+
+        if demo.mode == "fake" and self.agent_name == "billing":
+            item_id = await (await self._start_user_audio("I have a question about my bill", 0.0))
+            switch.notes.append(f"caller spoke after the switch (audio item {item_id})")
+
+        if self.last:
+            if demo.fake is not None:
+                from fake_azure import AudioReply
+
+                demo.fake.script(AudioReply("Support here. Your payment went through."))
+            handle = self.session.generate_reply(
+                instructions="Tell the caller their last payment went through."
+            )
+            handle.add_done_callback(lambda _: demo.done.set())
+            return
+
+        if demo.fake is not None:
+            from fake_azure import FunctionCallReply
+
+            demo.fake.script(FunctionCallReply(TRANSFER_TOOL))
+            self.session.generate_reply()
+        else:
+            self.session.generate_reply(
+                user_input="Please transfer me to the next agent.", tool_choice="required"
+            )
+            demo.spawn(self._switch_if_no_tool_call())
+
+    async def _start_user_audio(self, words: str, transcript_delay: float) -> asyncio.Task[str]:
+        """Start a caller's audio turn on the fake server; return once the agent's realtime
+        session holds its item (the transcript follows after ``transcript_delay``)."""
+        rt_session = self.realtime_llm_session
+        before = {item.id for item in rt_session.chat_ctx.items}
+        turn = asyncio.create_task(
+            self.demo.fake.user_audio_turn(words, transcript_delay=transcript_delay, respond=False)
+        )
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline and not turn.done():
+            if any(item.id not in before for item in rt_session.chat_ctx.items):
+                break
+            await asyncio.sleep(0.005)
+        return turn
+
+    async def _switch_if_no_tool_call(self) -> None:
+        await asyncio.sleep(AZURE_TOOL_WAIT_S)
+        if not self.transferring:
+            self.transferring = True
+            self.demo.request_switch(
+                AGENTS[self.index + 1], self.agent_name, "direct (the model did not call the tool)"
+            )
+            self.session.update_agent(SwitchAgent(self.demo, self.index + 1, self.chat_ctx))
+
+    @function_tool
+    async def transfer_to_next(self) -> Agent | None:
+        """Transfer the caller to the next agent."""
+        if self.last or self.transferring:
+            return None
+        self.transferring = True
+        self.demo.request_switch(AGENTS[self.index + 1], self.agent_name, f"tool {TRANSFER_TOOL}")
+        return SwitchAgent(self.demo, self.index + 1, chat_ctx=self.chat_ctx)
+
+
+async def run_flow(demo: Demo) -> None:
+    session: AgentSession[None] = AgentSession(llm=demo.model)
+    session.on("close", lambda _: demo.done.set())
+    demo.request_switch(AGENTS[0], None, "session start")
+    try:
+        await session.start(SwitchAgent(demo, 0))
+        try:
+            await asyncio.wait_for(demo.done.wait(), FLOW_TIMEOUT_S[demo.mode])
+        except asyncio.TimeoutError:
+            demo.fail(f"the flow did not finish within {FLOW_TIMEOUT_S[demo.mode]:g}s")
+        if demo.fake is not None:
+            await demo.fake.wait_idle()
+    finally:
+        await demo.cancel_tasks()
+        # drain: aclose() alone interrupts, i.e. sends a response.cancel to an idle session
+        closed = asyncio.Event()
+        session.on("close", lambda _: closed.set())
+        session.shutdown(drain=True)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(closed.wait(), 10.0)
+        await session.aclose()
+
+
+def ms(seconds: float | None) -> str:
+    return "n/a" if seconds is None else f"{seconds * 1000:.0f} ms"
+
+
+def report(demo: Demo) -> int:
+    """Print the account of every switch and the summary; return the exit code."""
+    for s in demo.switches:
+        origin = f"{s.came_from} -> " if s.came_from else "-> "
+        print(f"switch {s.number}: {origin}{s.agent} (via {s.via})")
+        if s.sync_s is None:
+            print("  never entered")
+            continue
+        by_type = ", ".join(f"{n} {t}" for t, n in sorted(s.events.items())) or "none"
+        print(f"  events sent:   {sum(s.events.values())} ({by_type})")
+        print(f"  server errors: {len(s.errors)}")
+        for text in s.errors:
+            print(f"    - {text}")
+        if s.ignored:
+            print(
+                f'  ignored:       {len(s.ignored)} "{IGNORED_ERROR_PREFIX}" error(s): a '
+                "response.cancel found no active response (the plugin ignores these)"
+            )
+        if s.sync_error:
+            print(f"  update_chat_ctx raised: {s.sync_error}")
+        print(f"  time:          switch {ms(s.switch_s)}, update_chat_ctx {ms(s.sync_s)}")
+        for note in s.notes:
+            print(f"  {note}")
+        for item_id in s.lost_audio:
+            print(f"  LOST: update_chat_ctx deleted the caller's audio item {item_id}")
+
+    entered = [s for s in demo.switches if s.sync_s is not None]
+    errors = sum(len(s.errors) for s in demo.switches)
+    events = sum(sum(s.events.values()) for s in demo.switches)
+    max_switch = max((s.switch_s or 0.0 for s in entered), default=0.0)
+    max_sync = max((s.sync_s or 0.0 for s in entered), default=0.0)
+    if demo.flow_error:
+        print(f"flow failed: {demo.flow_error}")
+    print(
+        f"summary: {len(entered)} switches, {errors} server errors, {events} events sent, "
+        f"max switch {ms(max_switch)} (update_chat_ctx max {ms(max_sync)})"
+    )
+    failed = (
+        errors
+        or demo.flow_error
+        or len(entered) < len(AGENTS)
+        or any(s.sync_error or s.lost_audio for s in demo.switches)
+    )
+    return 1 if failed else 0
+
+
+async def run_fake() -> int:
+    tests_dir = Path(__file__).resolve().parents[1] / "tests"
+    sys.path.insert(0, str(tests_dir))
+    from fake_azure import FakeAzureRealtimeServer, make_model
+
+    async with FakeAzureRealtimeServer() as server:
+        model = make_model(
+            server,
+            input_audio_transcription=InputAudioTranscription(model="whisper-1", language="en"),
+            turn_detection=TurnDetection(type="server_vad", create_response=False),
+        )
+        print(f"target: fake Azure OpenAI Realtime server at {server.endpoint} (in-process)")
+        demo = Demo("fake", model, fake=server)
+        try:
+            await run_flow(demo)
+        finally:
+            await model.aclose()
+    return report(demo)
+
+
+async def run_azure() -> int:
+    missing = [name for name in AZURE_ENV if not os.environ.get(name)]
+    if missing:
+        print(f"error: --azure needs {', '.join(missing)} in the environment", file=sys.stderr)
+        return 2
+    deployment = os.environ.get("AZURE_OPENAI_DEPLOYMENT") or DEFAULT_DEPLOYMENT
+    model = openai.realtime.RealtimeModel.with_azure(
+        azure_deployment=deployment,
+        azure_endpoint=os.environ["AZURE_OPENAI_ENDPOINT"],
+        api_key=os.environ["AZURE_OPENAI_API_KEY"],
+        api_version=os.environ["OPENAI_API_VERSION"],
+        input_audio_transcription=InputAudioTranscription(model="whisper-1", language="en"),
+    )
+    print(f"target: Azure deployment {deployment} at {os.environ['AZURE_OPENAI_ENDPOINT']}")
+    demo = Demo("azure", model)
+    try:
+        await run_flow(demo)
+    finally:
+        await model.aclose()
+    return report(demo)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    target = parser.add_mutually_exclusive_group()
+    target.add_argument("--fake", action="store_true", help="use the in-process fake server")
+    target.add_argument("--azure", action="store_true", help="use a real Azure deployment")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log the plugin's info")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    use_azure = args.azure or (not args.fake and all(os.environ.get(n) for n in AZURE_ENV))
+    runner: Callable[[], Coroutine[Any, Any, int]] = run_azure if use_azure else run_fake
+    return asyncio.run(runner())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
