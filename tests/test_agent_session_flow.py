@@ -268,14 +268,6 @@ async def test_user_speaks_during_switch(
         assert spoken in texts_of(support, "user")
 
 
-FCO_ORDER_BUG = (
-    "fork bug: the new agent's context is synced as one run of new items, created last item "
-    "first, so the tool's function_call_output is created before its function_call and a "
-    "service that checks the call_id (OpenAI documents it; the fake does) rejects it"
-)
-
-
-@pytest.mark.xfail(not UPSTREAM, reason=FCO_ORDER_BUG, strict=True)
 async def test_agent_switch_after_tool_call(fake_azure: FakeAzureRealtimeServer) -> None:
     """The first agent calls a tool, then hands over: the call and its output go along."""
     log = FlowLog(fake_azure, look_up_first={AGENT_NAMES[0]})

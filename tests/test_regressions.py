@@ -555,14 +555,6 @@ async def test_reconnect_replays_whole_conversation(
         await wait_until(lambda: ids(sess.chat_ctx.items) == TOOL_CTX_IDS)
 
 
-FCO_ORDER_BUG = (
-    "fork bug: a run of new items is created last item first, all anchored on the run's "
-    "anchor, so a function_call_output is created before its function_call; a service that "
-    "checks the call_id (OpenAI documents it) rejects the output"
-)
-
-
-@pytest.mark.xfail(not UPSTREAM, reason=FCO_ORDER_BUG, strict=True)
 @pytest.mark.parametrize("when", ["sync", "replay"])
 async def test_function_call_output_follows_its_call(
     fake_azure: FakeAzureRealtimeServer, when: str
