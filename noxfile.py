@@ -353,6 +353,8 @@ def _our_code() -> list[list[Path]]:
         p for p in sorted(TESTS.iterdir()) if p != packaging and (p.is_dir() or p.suffix == ".py")
     ]
     rest = [p for p in rest if p.suffix == ".py" or any(p.rglob("*.py"))]
+    # the demo imports the fake server from tests/, so it is checked with them
+    rest += sorted((ROOT / "examples").glob("*.py"))
     groups += [rest, [packaging], [ROOT / "tools"] if any((ROOT / "tools").rglob("*.py")) else []]
     return [g for g in groups if g]
 
