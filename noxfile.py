@@ -150,19 +150,12 @@ def _assert_installed_copy(session: nox.Session) -> None:
 
 
 @contextlib.contextmanager
-def _cwd(path: Path) -> Iterator[None]:
-    old = os.getcwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(old)
-
-
-@contextlib.contextmanager
 def _chdir_tmp(session: nox.Session) -> Iterator[Path]:
     """Run from an empty temp dir so nothing in the repo shadows the installed packages."""
-    with tempfile.TemporaryDirectory(prefix="lk-fork-run-") as tmp, _cwd(Path(tmp)):
+    with (
+        tempfile.TemporaryDirectory(prefix="lk-fork-run-") as tmp,
+        lk_fork_backend.chdir(Path(tmp)),
+    ):
         yield Path(tmp)
 
 
@@ -334,7 +327,7 @@ def lint(session: nox.Session) -> None:
     plugin = tree / "livekit" / "plugins" / "openai"
     session.run("ruff", "check", "--config", cfg, str(plugin))
     session.run("ruff", "format", "--check", "--config", cfg, str(plugin))
-    with _cwd(tree):
+    with lk_fork_backend.chdir(tree):
         session.run("mypy", "--config-file", cfg, "-p", "livekit.plugins.openai")
     ours = [str(p) for group in _our_code() for p in group]
     session.run("ruff", "check", *ours)

@@ -476,20 +476,18 @@ class FakeAzureRealtimeServer:
         start_ms = conn.audio_clock_ms
         conn.audio_clock_ms += speech_ms
         conn.audio_buffer_bytes = 0
-        await self._send(
+        await self._emit(
             conn,
+            "input_audio_buffer.speech_started",
             {
-                "type": "input_audio_buffer.speech_started",
-                "event_id": p.new_event_id(),
                 "audio_start_ms": start_ms,
                 "item_id": item_id,
             },
         )
-        await self._send(
+        await self._emit(
             conn,
+            "input_audio_buffer.speech_stopped",
             {
-                "type": "input_audio_buffer.speech_stopped",
-                "event_id": p.new_event_id(),
                 "audio_end_ms": conn.audio_clock_ms,
                 "item_id": item_id,
             },
@@ -557,11 +555,10 @@ class FakeAzureRealtimeServer:
         self._live.append(conn)
         self.connections += 1
         try:
-            await self._send(
+            await self._emit(
                 conn,
+                "session.created",
                 {
-                    "type": "session.created",
-                    "event_id": p.new_event_id(),
                     "session": dict(conn.session),
                 },
             )
@@ -616,6 +613,10 @@ class FakeAzureRealtimeServer:
         conn.tasks.add(task)
         task.add_done_callback(conn.tasks.discard)
         return task
+
+    async def _emit(self, conn: _Connection, event_type: str, fields: JsonDict) -> None:
+        """Send a server event of ``event_type`` with a new event id and ``fields``."""
+        await self._send(conn, {"type": event_type, "event_id": p.new_event_id(), **fields})
 
     async def _send(self, conn: _Connection, event: JsonDict) -> None:
         if conn.closed or conn.ws.closed:
@@ -717,11 +718,10 @@ class FakeAzureRealtimeServer:
             # Guess: objects (turn_detection, input_audio_transcription...) are replaced as a
             # whole, `null` turns a feature off.
             conn.session[key] = value
-        await self._send(
+        await self._emit(
             conn,
+            "session.updated",
             {
-                "type": "session.updated",
-                "event_id": p.new_event_id(),
                 "session": dict(conn.session),
             },
         )
@@ -774,7 +774,7 @@ class FakeAzureRealtimeServer:
         ):
             return spec
         conn.audio_buffer_bytes = 0
-        await self._send(conn, {"type": "input_audio_buffer.cleared", "event_id": p.new_event_id()})
+        await self._emit(conn, "input_audio_buffer.cleared", {})
         return None
 
     async def _commit_user_audio(self, conn: _Connection, item_id: str) -> None:
@@ -787,20 +787,18 @@ class FakeAzureRealtimeServer:
             "content": [{"type": "input_audio", "transcript": None}],
         }
         previous = conn.conversation.append(item)
-        await self._send(
+        await self._emit(
             conn,
+            "input_audio_buffer.committed",
             {
-                "type": "input_audio_buffer.committed",
-                "event_id": p.new_event_id(),
                 "item_id": item_id,
                 "previous_item_id": previous,
             },
         )
-        await self._send(
+        await self._emit(
             conn,
+            "conversation.item.created",
             {
-                "type": "conversation.item.created",
-                "event_id": p.new_event_id(),
                 "previous_item_id": previous,
                 "item": _copy_item(item),
             },
@@ -815,11 +813,10 @@ class FakeAzureRealtimeServer:
             item["content"][0]["transcript"] = transcript
         # Guess: Azure's preview sends no usage; the typed model requires one, so a
         # duration-based usage (whisper-style) is sent.
-        await self._send(
+        await self._emit(
             conn,
+            "conversation.item.input_audio_transcription.completed",
             {
-                "type": "conversation.item.input_audio_transcription.completed",
-                "event_id": p.new_event_id(),
                 "item_id": item_id,
                 "content_index": 0,
                 "transcript": transcript,
@@ -942,11 +939,10 @@ class FakeAzureRealtimeServer:
             previous = None
         else:
             conv.insert_after(previous, item)
-        await self._send(
+        await self._emit(
             conn,
+            "conversation.item.created",
             {
-                "type": "conversation.item.created",
-                "event_id": p.new_event_id(),
                 "previous_item_id": previous,
                 "item": _copy_item(item),
             },
@@ -970,10 +966,7 @@ class FakeAzureRealtimeServer:
             )
         conn.conversation.delete(item_id)
         conn.assistant_audio_ms.pop(item_id, None)
-        await self._send(
-            conn,
-            {"type": "conversation.item.deleted", "event_id": p.new_event_id(), "item_id": item_id},
-        )
+        await self._emit(conn, "conversation.item.deleted", {"item_id": item_id})
         return None
 
     async def _on_item_truncate(self, conn: _Connection, ev: JsonDict) -> p.ErrorSpec | None:
@@ -1015,11 +1008,10 @@ class FakeAzureRealtimeServer:
         # OpenAI documents that truncation deletes the server-side transcript (so no text
         # the user did not hear stays in context); assumed for Azure.
         content[content_index]["transcript"] = ""
-        await self._send(
+        await self._emit(
             conn,
+            "conversation.item.truncated",
             {
-                "type": "conversation.item.truncated",
-                "event_id": p.new_event_id(),
                 "item_id": item_id,
                 "content_index": content_index,
                 "audio_end_ms": end_ms,
@@ -1042,11 +1034,10 @@ class FakeAzureRealtimeServer:
                 f"Error retrieving item: the item with id '{ev['item_id']}' does not exist.",
                 "item_id",
             )
-        await self._send(
+        await self._emit(
             conn,
+            "conversation.item.retrieved",
             {
-                "type": "conversation.item.retrieved",
-                "event_id": p.new_event_id(),
                 "item": _copy_item(item),
             },
         )
@@ -1120,10 +1111,7 @@ class FakeAzureRealtimeServer:
             response=response, out_of_band=params.get("conversation") == "none"
         )
         conn.active = active
-        await self._send(
-            conn,
-            {"type": "response.created", "event_id": p.new_event_id(), "response": dict(response)},
-        )
+        await self._emit(conn, "response.created", {"response": dict(response)})
         if active.cancelled or conn.closed:
             return None
         active.task = self._spawn(conn, self._run_response(conn, active, plan))
@@ -1183,10 +1171,7 @@ class FakeAzureRealtimeServer:
             usage=usage,
         )
         self.responses.append(response)
-        await self._send(
-            conn,
-            {"type": "response.done", "event_id": p.new_event_id(), "response": dict(response)},
-        )
+        await self._emit(conn, "response.done", {"response": dict(response)})
 
     async def _cancel_response(self, conn: _Connection, reason: str) -> None:
         active = conn.active
@@ -1202,11 +1187,10 @@ class FakeAzureRealtimeServer:
         if (item := active.open_item) is not None:
             item["status"] = "incomplete"
             active.open_item = None
-            await self._send(
+            await self._emit(
                 conn,
+                "response.output_item.done",
                 {
-                    "type": "response.output_item.done",
-                    "event_id": p.new_event_id(),
                     "response_id": active.response["id"],
                     "output_index": len(active.output) - 1,
                     "item": _copy_item(item),
@@ -1223,11 +1207,10 @@ class FakeAzureRealtimeServer:
         active.output.append(item)
         active.open_item = item
         rid = active.response["id"]
-        await self._send(
+        await self._emit(
             conn,
+            "response.output_item.added",
             {
-                "type": "response.output_item.added",
-                "event_id": p.new_event_id(),
                 "response_id": rid,
                 "output_index": index,
                 "item": _copy_item(item),
@@ -1235,11 +1218,10 @@ class FakeAzureRealtimeServer:
         )
         if not active.out_of_band:
             previous = conn.conversation.append(item)
-            await self._send(
+            await self._emit(
                 conn,
+                "conversation.item.created",
                 {
-                    "type": "conversation.item.created",
-                    "event_id": p.new_event_id(),
                     "previous_item_id": previous,
                     "item": _copy_item(item),
                 },
@@ -1251,11 +1233,10 @@ class FakeAzureRealtimeServer:
     ) -> None:
         item["status"] = "completed"
         active.open_item = None
-        await self._send(
+        await self._emit(
             conn,
+            "response.output_item.done",
             {
-                "type": "response.output_item.done",
-                "event_id": p.new_event_id(),
                 "response_id": active.response["id"],
                 "output_index": index,
                 "item": _copy_item(item),
@@ -1281,11 +1262,10 @@ class FakeAzureRealtimeServer:
             {"type": "audio", "transcript": ""} if is_audio else {"type": "text", "text": ""}
         )
         item["content"].append(part)
-        await self._send(
+        await self._emit(
             conn,
+            "response.content_part.added",
             {
-                "type": "response.content_part.added",
-                "event_id": p.new_event_id(),
                 **ids,
                 "part": dict(part),
             },
@@ -1296,11 +1276,10 @@ class FakeAzureRealtimeServer:
             chunk = pcm16_chunk_b64(reply.chunk_ms)
             for i in range(max(len(deltas), reply.chunks)):
                 if i < reply.chunks:
-                    await self._send(
+                    await self._emit(
                         conn,
+                        "response.audio.delta",
                         {
-                            "type": "response.audio.delta",
-                            "event_id": p.new_event_id(),
                             **ids,
                             "delta": chunk,
                         },
@@ -1308,25 +1287,21 @@ class FakeAzureRealtimeServer:
                     conn.assistant_audio_ms[item["id"]] += reply.chunk_ms
                 if i < len(deltas):
                     part["transcript"] += deltas[i]
-                    await self._send(
+                    await self._emit(
                         conn,
+                        "response.audio_transcript.delta",
                         {
-                            "type": "response.audio_transcript.delta",
-                            "event_id": p.new_event_id(),
                             **ids,
                             "delta": deltas[i],
                         },
                     )
                 if reply.chunk_delay:
                     await asyncio.sleep(reply.chunk_delay)
-            await self._send(
-                conn, {"type": "response.audio.done", "event_id": p.new_event_id(), **ids}
-            )
-            await self._send(
+            await self._emit(conn, "response.audio.done", {**ids})
+            await self._emit(
                 conn,
+                "response.audio_transcript.done",
                 {
-                    "type": "response.audio_transcript.done",
-                    "event_id": p.new_event_id(),
                     **ids,
                     "transcript": reply.transcript,
                 },
@@ -1334,31 +1309,28 @@ class FakeAzureRealtimeServer:
         else:
             for delta in split_text(reply.text):
                 part["text"] += delta
-                await self._send(
+                await self._emit(
                     conn,
+                    "response.text.delta",
                     {
-                        "type": "response.text.delta",
-                        "event_id": p.new_event_id(),
                         **ids,
                         "delta": delta,
                     },
                 )
                 if reply.chunk_delay:
                     await asyncio.sleep(reply.chunk_delay)
-            await self._send(
+            await self._emit(
                 conn,
+                "response.text.done",
                 {
-                    "type": "response.text.done",
-                    "event_id": p.new_event_id(),
                     **ids,
                     "text": reply.text,
                 },
             )
-        await self._send(
+        await self._emit(
             conn,
+            "response.content_part.done",
             {
-                "type": "response.content_part.done",
-                "event_id": p.new_event_id(),
                 **ids,
                 "part": dict(part),
             },
@@ -1388,22 +1360,20 @@ class FakeAzureRealtimeServer:
         }
         for delta in split_text(arguments):
             item["arguments"] += delta
-            await self._send(
+            await self._emit(
                 conn,
+                "response.function_call_arguments.delta",
                 {
-                    "type": "response.function_call_arguments.delta",
-                    "event_id": p.new_event_id(),
                     **ids,
                     "delta": delta,
                 },
             )
             if reply.chunk_delay:
                 await asyncio.sleep(reply.chunk_delay)
-        await self._send(
+        await self._emit(
             conn,
+            "response.function_call_arguments.done",
             {
-                "type": "response.function_call_arguments.done",
-                "event_id": p.new_event_id(),
                 **ids,
                 "arguments": arguments,
             },

@@ -285,7 +285,8 @@ def _failing_cleanly() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _chdir(path: Path) -> Iterator[None]:
+def chdir(path: Path) -> Iterator[None]:
+    """Run the block in ``path`` (``contextlib.chdir`` is Python 3.11+)."""
     old = os.getcwd()
     os.chdir(path)
     try:
@@ -350,7 +351,7 @@ def prepare_metadata_for_build_wheel(
         _copy_project_files(stage)
         built = Path(tmp) / "built"
         built.mkdir()
-        with _chdir(stage):
+        with chdir(stage):
             wheel = built / hatch_build_wheel(str(built))
         with zipfile.ZipFile(wheel) as zf:
             infos = [n for n in zf.namelist() if n.split("/")[0].endswith(".dist-info")]
@@ -379,7 +380,7 @@ def build_wheel(
         _copy_project_files(stage)
         built = work / "built"
         built.mkdir()
-        with _chdir(stage):
+        with chdir(stage):
             hatch_build_wheel(str(built))
         return _deliver(built, wheel_directory, ".whl")
 
@@ -406,6 +407,6 @@ def build_sdist(sdist_directory: str, config_settings: ConfigSettings = None) ->
             shutil.copy2(patches_dir / name, stage / "patches" / name)
         built = work / "built"
         built.mkdir()
-        with _chdir(stage):
+        with chdir(stage):
             hatch_build_sdist(str(built))
         return _deliver(built, sdist_directory, ".tar.gz")
