@@ -460,7 +460,8 @@ def soak(session: nox.Session) -> None:
     _install_wheel(session)
     with _chdir_tmp(session):
         session.run(
-            *_pytest_args(*_test_selection(session.posargs)),
+            # -s: show the long runs' summary lines (seeds, examples, steps, failures)
+            *_pytest_args("-s", *_test_selection(session.posargs)),
             env=_pytest_env(session, FORK_SOAK="1"),
         )
 

@@ -42,9 +42,10 @@ Invariants, checked after every step once everything has settled (``check``):
    number of live tasks stays bounded and none is left once the session is closed.
 
 Budget: ``max_examples=10, stateful_step_count=25`` in the default suite; ``FORK_SOAK=1`` (``nox
--s soak``) runs ``max_examples=25, stateful_step_count=40`` and prints a summary line. The run
-is seeded: a failure prints ``FORK_STATEFUL_SEED=<n>``; setting that variable replays it (and
-hypothesis' ``@reproduce_failure`` blob is printed too).
+-s soak``) runs 20 consecutive seeds with ``max_examples=5, stateful_step_count=40`` each and
+prints a line per seed and a total. The run is seeded: a failure prints
+``FORK_STATEFUL_SEED=<n>``; setting that variable replays it (and hypothesis'
+``@reproduce_failure`` blob is printed too).
 """
 
 from __future__ import annotations
@@ -863,12 +864,33 @@ def _seed() -> int:
     return int(env) if env else random.randrange(2**32)
 
 
+SOAK_SEEDS = 20
+
+
 @pytest.mark.skipif(UNDER_TEST == "upstream", reason="property test of the fork's contract")
 def test_stateful_chat_ctx_sync() -> None:
-    if SOAK:
-        run_machine(max_examples=25, steps=40, seed=_seed(), label="stateful soak")
-    else:
+    if not SOAK:
         run_machine(max_examples=10, steps=25, seed=_seed())
+        return
+    # the long run: SOAK_SEEDS seeds from FORK_STATEFUL_SEED (or a random one) on, each seed
+    # 5 examples of up to 40 steps; every seed runs, the failing ones are listed at the end
+    base = _seed()
+    failed: list[int] = []
+    examples = steps = 0
+    started = time.monotonic()
+    for seed in range(base, base + SOAK_SEEDS):
+        try:
+            run_machine(max_examples=5, steps=40, seed=seed, label="stateful soak")
+        except Exception:
+            failed.append(seed)
+        examples += STATS.examples
+        steps += STATS.steps
+    print(
+        f"\nstateful soak total: {SOAK_SEEDS} seeds ({base}..{base + SOAK_SEEDS - 1}) "
+        f"x 5 examples x up to 40 steps: examples={examples} steps={steps} "
+        f"failures={len(failed)} duration={time.monotonic() - started:.1f}s"
+    )
+    assert not failed, f"failing seeds (FORK_STATEFUL_SEED=...): {failed}"
 
 
 @pytest.mark.regression(fails_on=("1.4.6", "1.4.3"))
