@@ -1307,25 +1307,8 @@ class FakeAzureRealtimeServer:
                 },
             )
         else:
-            for delta in split_text(reply.text):
-                part["text"] += delta
-                await self._emit(
-                    conn,
-                    "response.text.delta",
-                    {
-                        **ids,
-                        "delta": delta,
-                    },
-                )
-                if reply.chunk_delay:
-                    await asyncio.sleep(reply.chunk_delay)
-            await self._emit(
-                conn,
-                "response.text.done",
-                {
-                    **ids,
-                    "text": reply.text,
-                },
+            await self._stream_text(
+                conn, "response.text", ids, part, "text", reply.text, reply.chunk_delay
             )
         await self._emit(
             conn,
@@ -1336,6 +1319,28 @@ class FakeAzureRealtimeServer:
             },
         )
         await self._close_output_item(conn, active, index, item)
+
+    async def _stream_text(
+        self,
+        conn: _Connection,
+        event_prefix: str,
+        ids: JsonDict,
+        target: JsonDict,
+        key: str,
+        text: str,
+        chunk_delay: float,
+    ) -> None:
+        """Stream ``text`` as ``<event_prefix>.delta`` events, then ``<event_prefix>.done``.
+
+        Each delta is also appended to ``target[key]`` (the content part or the item being
+        built), and the done event carries the whole text under ``key``.
+        """
+        for delta in split_text(text):
+            target[key] += delta
+            await self._emit(conn, f"{event_prefix}.delta", {**ids, "delta": delta})
+            if chunk_delay:
+                await asyncio.sleep(chunk_delay)
+        await self._emit(conn, f"{event_prefix}.done", {**ids, key: text})
 
     async def _play_function_call(
         self, conn: _Connection, active: _ActiveResponse, reply: FunctionCallReply
@@ -1358,24 +1363,13 @@ class FakeAzureRealtimeServer:
             "output_index": index,
             "call_id": call_id,
         }
-        for delta in split_text(arguments):
-            item["arguments"] += delta
-            await self._emit(
-                conn,
-                "response.function_call_arguments.delta",
-                {
-                    **ids,
-                    "delta": delta,
-                },
-            )
-            if reply.chunk_delay:
-                await asyncio.sleep(reply.chunk_delay)
-        await self._emit(
+        await self._stream_text(
             conn,
-            "response.function_call_arguments.done",
-            {
-                **ids,
-                "arguments": arguments,
-            },
+            "response.function_call_arguments",
+            ids,
+            item,
+            "arguments",
+            arguments,
+            reply.chunk_delay,
         )
         await self._close_output_item(conn, active, index, item)
