@@ -5,11 +5,13 @@ This directory holds packaging only. Building a wheel:
 1. finds the patch series: ``patches/`` inside the project (when building from the fork's own
    sdist) or ``../../patches`` (when building from the repository or a git URL subdirectory);
 2. reads the pin ``patches/upstream.txt`` (pip hash-checking format) and obtains the pristine
-   upstream sdist through ``python -m pip download --require-hashes`` so the user's pip index and
-   mirror settings apply, or from ``$LK_OPENAI_FORK_SDIST`` for offline builds;
-3. verifies its sha256 itself, extracts it safely, applies the series with the strict applier in
+   upstream sdist from ``$LK_OPENAI_FORK_SDIST`` (offline builds), the user's cache, or the
+   indexes and find-links locations of the user's pip and uv settings (:mod:`lk_fork_fetch`);
+3. verifies its sha256, extracts it safely, applies the series with the strict applier in
    :mod:`lk_fork_patch`, and builds the wheel with hatchling from a temporary directory holding
-   the patched ``livekit/`` tree next to this project's ``pyproject.toml`` and ``README.md``.
+   the patched ``livekit/`` tree next to this project's ``pyproject.toml``, ``README.md``,
+   ``LICENSE`` and ``NOTICE``. ``SOURCE_DATE_EPOCH`` defaults to the newest timestamp inside the
+   pinned sdist, so the same inputs give a byte-identical wheel.
 
 Any failure is reported as a single ``error: ...`` line (printed to stderr and used as the
 exception message) and leaves nothing in the output directory.
@@ -18,11 +20,10 @@ exception message) and leaves nothing in the output directory.
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import datetime
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -31,16 +32,18 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import lk_fork_fetch
+from lk_fork_fetch import SDIST_ENV
 from lk_fork_patch import PatchError, apply_series, read_series
 
 DIST_NAME = "livekit-plugins-openai"
-SDIST_ENV = "LK_OPENAI_FORK_SDIST"
 PIN_FILE = "upstream.txt"
 _PIN_RE = re.compile(
     r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)==(?P<version>[A-Za-z0-9.+!-]+)"
     r"(?:\s+--hash=sha256:(?P<sha256>[0-9a-fA-F]{64}))+\s*$"
 )
 _SDIST_FILES = ("pyproject.toml", "README.md")
+_FORK_FILES = ("LICENSE", "NOTICE")  # at the repository root, or next to patches/ in our sdist
 
 ConfigSettings = Mapping[str, Any] | None
 
@@ -116,31 +119,11 @@ def read_pin(patches_dir: Path) -> Pin:
 
 def sha256_of(path: Path) -> str:
     """Hex sha256 of a file."""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 16), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _pip_env() -> dict[str, str]:
-    env = dict(os.environ)
-    # builds started by uv: honour its index settings when pip has none of its own
-    for uv_var, pip_var in (
-        ("UV_DEFAULT_INDEX", "PIP_INDEX_URL"),
-        ("UV_INDEX_URL", "PIP_INDEX_URL"),
-        ("UV_EXTRA_INDEX_URL", "PIP_EXTRA_INDEX_URL"),
-    ):
-        if env.get(uv_var) and not env.get(pip_var):
-            env[pip_var] = env[uv_var]
-    if env.get("UV_OFFLINE") and not env.get("PIP_NO_INDEX"):
-        env["PIP_NO_INDEX"] = "1"
-    env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
-    return env
+    return lk_fork_fetch.sha256_of(path)
 
 
 def fetch_sdist(pin: Pin, patches_dir: Path, dest: Path) -> Path:
-    """Return the verified upstream sdist, from ``$LK_OPENAI_FORK_SDIST`` or via pip.
+    """Return the verified upstream sdist: ``$LK_OPENAI_FORK_SDIST``, the cache or an index.
 
     Raises:
         ForkBuildError: download failure or sha256 mismatch.
@@ -152,40 +135,50 @@ def fetch_sdist(pin: Pin, patches_dir: Path, dest: Path) -> Path:
             raise ForkBuildError(f"error: {SDIST_ENV}={local} does not exist")
         sdist = dest / src.name
         shutil.copyfile(src, sdist)
-        origin = f"{SDIST_ENV}={local}"
-    else:
-        origin = f"pip download of {pin.name}=={pin.version}"
-        dl = dest / "download"
-        cmd = [
-            sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", pin.name,
-            "--no-build-isolation", "--require-hashes", "-r", str(patches_dir / PIN_FILE),
-            "-d", str(dl),
-        ]  # fmt: skip
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=_pip_env(), check=False)
-        if proc.returncode != 0:
-            output = proc.stdout + proc.stderr
-            got = re.search(r"Got\s+([0-9a-f]{64})", output)
-            if got and "DO NOT MATCH THE HASHES" in output:
-                raise ForkBuildError(
-                    f"error: sha256 mismatch for {pin.name}=={pin.version} sdist ({origin}): "
-                    f"expected {pin.sha256}, got {got.group(1)}"
-                )
-            tail = [ln.strip() for ln in output.splitlines() if ln.strip()]
+        actual = sha256_of(sdist)
+        if actual != pin.sha256:
             raise ForkBuildError(
-                f"error: could not download {pin.name}=={pin.version} with pip "
-                f"(exit {proc.returncode}): {tail[-1] if tail else 'no output'}"
+                f"error: sha256 mismatch for {pin.name}=={pin.version} sdist "
+                f"({SDIST_ENV}={local}): expected {pin.sha256}, got {actual}"
             )
-        found = [p for p in dl.iterdir() if p.name.endswith((".tar.gz", ".zip"))]
-        if len(found) != 1:
-            raise ForkBuildError(f"error: pip download produced {len(found)} sdists, expected 1")
-        sdist = found[0]
-    actual = sha256_of(sdist)
-    if actual != pin.sha256:
+        return sdist
+    try:
+        return lk_fork_fetch.fetch(pin.name, pin.version, pin.sha256, dest)
+    except lk_fork_fetch.FetchError as e:
+        raise ForkBuildError(str(e)) from None
+
+
+def source_date_epoch() -> int:
+    """``[tool.lk-fork] upstream-release-date`` of our ``pyproject.toml`` as a Unix time.
+
+    Raises:
+        ForkBuildError: the date is missing or malformed.
+    """
+    path = project_dir() / "pyproject.toml"
+    value = lk_fork_fetch.tomllib.loads(path.read_text(encoding="utf-8"))
+    raw = value.get("tool", {}).get("lk-fork", {}).get("upstream-release-date")
+    try:
+        day = datetime.date.fromisoformat(str(raw))
+    except ValueError:
         raise ForkBuildError(
-            f"error: sha256 mismatch for {pin.name}=={pin.version} sdist ({origin}): "
-            f"expected {pin.sha256}, got {actual}"
-        )
-    return sdist
+            f"error: {path}: [tool.lk-fork] upstream-release-date must be YYYY-MM-DD, got {raw!r}"
+        ) from None
+    return int(
+        datetime.datetime(day.year, day.month, day.day, tzinfo=datetime.timezone.utc).timestamp()
+    )
+
+
+@contextlib.contextmanager
+def _source_date_epoch(epoch: int) -> Iterator[None]:
+    """Set ``SOURCE_DATE_EPOCH`` for hatchling unless the caller set it."""
+    if os.environ.get("SOURCE_DATE_EPOCH"):
+        yield
+        return
+    os.environ["SOURCE_DATE_EPOCH"] = str(epoch)
+    try:
+        yield
+    finally:
+        os.environ.pop("SOURCE_DATE_EPOCH", None)
 
 
 def safe_extract(sdist: Path, dest: Path) -> Path:
@@ -295,10 +288,15 @@ def chdir(path: Path) -> Iterator[None]:
         os.chdir(old)
 
 
-def _copy_project_files(dest: Path) -> None:
+def _copy_project_files(dest: Path, patches_dir: Path) -> None:
     root = project_dir()
     for name in _SDIST_FILES:
         shutil.copy2(root / name, dest / name)
+    for name in _FORK_FILES:
+        src = patches_dir.parent / name
+        if not src.is_file():
+            raise ForkBuildError(f"error: {name} not found (looked for {src})")
+        shutil.copy2(src, dest / name)
 
 
 def _deliver(built_dir: Path, out_dir: str, suffix: str) -> str:
@@ -348,7 +346,7 @@ def prepare_metadata_for_build_wheel(
         stage = Path(tmp) / "stage"
         (stage / "livekit").mkdir(parents=True)
         (stage / "livekit" / "placeholder.txt").write_text("metadata only\n")
-        _copy_project_files(stage)
+        _copy_project_files(stage, patches_dir)
         built = Path(tmp) / "built"
         built.mkdir()
         with chdir(stage):
@@ -373,14 +371,15 @@ def build_wheel(
 
     with _failing_cleanly(), tempfile.TemporaryDirectory(prefix="lk-fork-wheel-") as tmp:
         work = Path(tmp)
-        tree = prepare_patched_tree(work)
+        patches_dir = find_patches_dir()
+        tree = prepare_patched_tree(work, patches_dir)
         stage = work / "stage"
         stage.mkdir()
         shutil.copytree(tree / "livekit", stage / "livekit")
-        _copy_project_files(stage)
+        _copy_project_files(stage, patches_dir)
         built = work / "built"
         built.mkdir()
-        with chdir(stage):
+        with chdir(stage), _source_date_epoch(source_date_epoch()):
             hatch_build_wheel(str(built))
         return _deliver(built, wheel_directory, ".whl")
 
@@ -400,13 +399,13 @@ def build_sdist(sdist_directory: str, config_settings: ConfigSettings = None) ->
         stage = work / "stage"
         (stage / "patches").mkdir(parents=True)
         (stage / "_build").mkdir()
-        _copy_project_files(stage)
+        _copy_project_files(stage, patches_dir)
         for module in sorted(Path(__file__).resolve().parent.glob("*.py")):
             shutil.copy2(module, stage / "_build" / module.name)
         for name in ["series", PIN_FILE, *names]:
             shutil.copy2(patches_dir / name, stage / "patches" / name)
         built = work / "built"
         built.mkdir()
-        with chdir(stage):
+        with chdir(stage), _source_date_epoch(source_date_epoch()):
             hatch_build_sdist(str(built))
         return _deliver(built, sdist_directory, ".tar.gz")
