@@ -10,11 +10,21 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
+import venv
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pipeline_support import run, tool_pip_cmd
+from pipeline_support import PLUGIN_SUBDIR, LocalIndex, run, tool_pip_cmd, venv_python
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+# the oldest pip the README supports, and the newest from the index
+PIP_OLDEST = "23.2.1"
 
 if os.environ.get("FORK_UNDER_TEST") == "upstream":
     collect_ignore_glob = ["test_*.py"]  # the pipeline is not part of pristine upstream
@@ -71,3 +81,68 @@ def work_clone(clone: Path, tmp_path: Path) -> Iterator[Path]:
     dest = tmp_path / "repo"
     shutil.copytree(clone, dest, symlinks=True)
     yield dest
+
+
+@pytest.fixture(scope="session")
+def build_requirements(clone: Path) -> list[str]:
+    """The backend's pinned ``build-system.requires``."""
+    data = tomllib.loads((clone / PLUGIN_SUBDIR / "pyproject.toml").read_text())
+    reqs = data["build-system"]["requires"]
+    assert all("==" in r for r in reqs), reqs
+    return [str(r) for r in reqs]
+
+
+@pytest.fixture(scope="session")
+def local_index(
+    tmp_path_factory: pytest.TempPathFactory,
+    upstream_sdist: Path,
+    build_requirements: list[str],
+    pip_cmd: list[str],
+) -> Iterator[LocalIndex]:
+    """A simple index on 127.0.0.1 with the pinned sdist and the pinned build requirements.
+
+    The wheels are downloaded once (with the machine's own pip settings); every build test then
+    sees only this index, through ``PIP_INDEX_URL`` / ``UV_INDEX_URL``.
+    """
+    wheels = tmp_path_factory.mktemp("build-req-wheels")
+    run([*pip_cmd, "download", "-q", "--only-binary", ":all:", "--no-deps", "-d", wheels,
+         *build_requirements])  # fmt: skip
+    index = LocalIndex(tmp_path_factory.mktemp("index"))
+    for wheel in sorted(wheels.iterdir()):
+        index.add(wheel)
+    index.add(upstream_sdist)
+    server = index.serve()
+    next(server)
+    yield index
+    server.close()
+
+
+def _frontend_venv(tmp_path_factory: pytest.TempPathFactory, name: str, *pkgs: str) -> Path:
+    path = tmp_path_factory.mktemp(name) / "venv"
+    venv.EnvBuilder(with_pip=True).create(path)
+    python = venv_python(path)
+    run([python, "-m", "pip", "install", "-q", *pkgs])
+    return python
+
+
+@pytest.fixture(scope="session")
+def pip_oldest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Python of a venv holding the oldest supported pip."""
+    return _frontend_venv(tmp_path_factory, "pip-oldest", f"pip=={PIP_OLDEST}")
+
+
+@pytest.fixture(scope="session")
+def pip_newest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Python of a venv holding the newest pip and pypa/build."""
+    return _frontend_venv(tmp_path_factory, "pip-newest", "-U", "pip", "build")
+
+
+@pytest.fixture(scope="session")
+def uv_bin() -> str:
+    """The uv executable (nox puts the pinned one on PATH)."""
+    uv = shutil.which("uv")
+    if uv is None:
+        if os.environ.get("NOX_CURRENT_SESSION"):
+            pytest.fail("uv is not on PATH although running under nox")
+        pytest.skip("uv not installed")
+    return uv

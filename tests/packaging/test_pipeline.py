@@ -11,7 +11,15 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from pipeline_support import PLUGIN_SUBDIR, Run, git_url, run, venv_python
+from pipeline_support import (
+    PLUGIN_SUBDIR,
+    LocalIndex,
+    Run,
+    git_url,
+    isolated_env,
+    run,
+    venv_python,
+)
 
 CHECK_SCRIPT = """
 import asyncio, sys
@@ -149,13 +157,17 @@ def test_tampered_hash_is_refused_offline(
     assert not list(out.glob("*")) if out.exists() else True
 
 
-def test_tampered_hash_is_refused_by_pip_download(
-    work_clone: Path, pip_cmd: list[str], tmp_path: Path
+def test_tampered_hash_is_refused_by_the_index_download(
+    work_clone: Path, local_index: LocalIndex, pip_cmd: list[str], tmp_path: Path
 ) -> None:
-    """Same refusal when the sdist comes through `pip download --require-hashes`."""
+    """Same refusal when the sdist comes from an index (which lists the real file's hash)."""
     _set_pin_hash(work_clone, "1" * 64)
     out = tmp_path / "wheels"
-    result = _pip_wheel(pip_cmd, work_clone, out, None)
+    result = run(
+        [*pip_cmd, "wheel", "--no-deps", "--no-cache-dir", "-w", out, work_clone / PLUGIN_SUBDIR],
+        env=isolated_env(PIP_INDEX_URL=local_index.url),
+        check=False,
+    )
     _assert_one_line_error(result, "sha256 mismatch", "expected " + "1" * 64)
     assert not out.exists() or not list(out.iterdir())
 
