@@ -260,3 +260,33 @@ def test_download_failure_names_the_offline_variable(
     assert "503" in line and local_index.url in line, line
     assert "see above" not in line.lower(), line
     assert not out.exists() or not list(out.glob("*.whl"))
+
+
+def test_wheel_metadata_license_and_dates(clone: Path, reference_wheel: Path) -> None:
+    """LiveKit stays the author, the fork is the maintainer, LICENSE/NOTICE ship, dates are fixed."""
+    files = _wheel_files(reference_wheel)
+    info = "livekit_plugins_openai-1.4.6.post1.dist-info"
+    meta = files[f"{info}/METADATA"].decode()
+    assert "Author-email: LiveKit <hello@livekit.io>" in meta.splitlines()
+    assert "Maintainer: livekit-plugins-openai fork maintainers" in meta.splitlines()
+    assert "License-Expression: Apache-2.0" in meta.splitlines()
+    for name in ("LICENSE", "NOTICE"):
+        assert f"License-File: {name}" in meta.splitlines()
+        assert files[f"{info}/licenses/{name}"] == (clone / name).read_bytes()
+    assert b"Apache License" in files[f"{info}/licenses/LICENSE"]
+    with zipfile.ZipFile(reference_wheel) as zf:
+        # [tool.lk-fork] upstream-release-date, as SOURCE_DATE_EPOCH
+        assert {i.date_time for i in zf.infolist()} == {(2026, 3, 16, 0, 0, 0)}
+
+
+# written so that the pattern does not match itself
+LOCAL_PATHS = "(" + "|".join(["/" + "work/", "/tmp/[a-z]", "/" + "root/", "/home/[a-z]"]) + ")"
+
+
+def test_no_machine_local_paths_in_the_repository(clone: Path) -> None:
+    found = run(
+        ["git", "grep", "-n", "-E", LOCAL_PATHS],
+        cwd=clone,
+        check=False,
+    )
+    assert found.returncode == 1 and not found.output.strip(), found.output

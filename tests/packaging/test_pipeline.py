@@ -251,7 +251,13 @@ def test_fork_sdist_builds_the_same_wheel(
     assert sdist.name == "livekit_plugins_openai-1.4.6.post1.tar.gz"
     with tarfile.open(sdist) as tar:
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
-    assert {"pyproject.toml", "patches/series", "patches/upstream.txt"} <= names
+    assert {
+        "pyproject.toml",
+        "LICENSE",
+        "NOTICE",
+        "patches/series",
+        "patches/upstream.txt",
+    } <= names
     assert {f"patches/{n}" for n in _series(clone)} <= names
     assert not any(n.startswith("livekit/") for n in names), "upstream sources in the sdist"
 
