@@ -61,8 +61,10 @@ def _uses_uv(session: nox.Session) -> bool:
 
 
 def _inputs_digest() -> str:
-    """Hash of everything the wheel is built from: patches/ (incl. pin) and the packaging dir."""
+    """Hash of what the wheel is built from: patches/ (incl. pin), packaging dir, LICENSE, NOTICE."""
     h = hashlib.sha256()
+    for name in ("LICENSE", "NOTICE"):
+        h.update(name.encode() + b"\0" + (ROOT / name).read_bytes() + b"\0")
     for base in (PATCHES, PKG):
         for path in sorted(p for p in base.rglob("*") if p.is_file()):
             rel = path.relative_to(ROOT)

@@ -155,7 +155,7 @@ def source_date_epoch() -> int:
         ForkBuildError: the date is missing or malformed.
     """
     path = project_dir() / "pyproject.toml"
-    value = lk_fork_fetch.tomllib.loads(path.read_text(encoding="utf-8"))
+    value = lk_fork_fetch.load_toml(path.read_text(encoding="utf-8"))
     raw = value.get("tool", {}).get("lk-fork", {}).get("upstream-release-date")
     try:
         day = datetime.date.fromisoformat(str(raw))

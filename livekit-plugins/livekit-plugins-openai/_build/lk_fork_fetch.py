@@ -35,13 +35,7 @@ import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-
-__all__ = ["FetchError", "Sources", "discover_sources", "fetch", "tomllib"]
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - 3.10: tomli is a pinned build requirement there
-    import tomli as tomllib
+from typing import Any
 
 PYPI_SIMPLE = "https://pypi.org/simple/"
 SDIST_ENV = "LK_OPENAI_FORK_SDIST"
@@ -98,6 +92,19 @@ class Sources:
 
 def _is_remote(location: str) -> bool:
     return urllib.parse.urlsplit(location).scheme in ("http", "https")
+
+
+def load_toml(text: str) -> dict[str, Any]:
+    """Parse TOML (``tomllib``; on 3.10 ``tomli``, a pinned build requirement there).
+
+    Raises:
+        ValueError: the text is not valid TOML.
+    """
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    return tomllib.loads(text)
 
 
 # --------------------------------------------------------------------------------- pip settings
@@ -199,8 +206,8 @@ def _uv_tables(env: Env) -> list[dict[str, object]]:
         if not path.is_file():
             continue
         try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+            data = load_toml(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # TOMLDecodeError and UnicodeDecodeError are ValueErrors
             continue
         if is_pyproject:
             tool = data.get("tool")
