@@ -32,7 +32,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -642,8 +642,3 @@ def fetch(
         + "; ".join(reasons)
         + f"; to build offline, set {SDIST_ENV}=/path/to/{name.replace('-', '_')}-{version}.tar.gz"
     )
-
-
-def locations_summary(env: Env | None = None) -> Iterable[str]:
-    """Where :func:`fetch` would look, for diagnostics."""
-    return [_redact(loc) for loc in discover_sources(env).locations()]
