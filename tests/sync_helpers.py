@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 import pytest
-from fake_azure import DEFAULT_API_VERSION, FakeAzureRealtimeServer, make_model
+from fake_azure import DEFAULT_API_VERSION, FakeAzureRealtimeServer, Reply, make_model
 from openai.types.beta.realtime.session import InputAudioTranscription, TurnDetection
 from pydantic import BaseModel, Field
 
@@ -190,3 +190,47 @@ def issue_9_xfail() -> list[pytest.MarkDecorator]:
     if importlib.metadata.version("livekit-plugins-openai") != FORK_BEFORE:
         return []
     return [pytest.mark.xfail(strict=True, reason="issue 9: fixed by the planner series")]
+
+
+def agent_context(sess: Session, *items: tuple[str, str, str]) -> llm.ChatContext:
+    """A local context that ``sess`` feeds the way AgentActivity does, without syncing.
+
+    Starts with ``items`` (as for :func:`text_ctx`); every completed input transcript is
+    appended as ``ChatMessage(role="user", id=item_id, content=[transcript])``.
+    """
+    ctx = text_ctx(*items)
+    sess.on(
+        "input_audio_transcription_completed",
+        lambda ev: ctx.items.append(
+            llm.ChatMessage(role="user", content=[ev.transcript], id=ev.item_id)
+        ),
+    )
+    return ctx
+
+
+async def voice_turn(
+    server: FakeAzureRealtimeServer,
+    sess: Session,
+    local: llm.ChatContext,
+    transcript: str,
+    reply: Reply,
+) -> tuple[str, str]:
+    """A user audio turn answered by ``reply``; returns the ids of the turn and of the reply.
+
+    ``local`` (an :func:`agent_context`) gets the transcript from the session's event and, once
+    the response is done, the reply as the agent appends it: an assistant message with the
+    reply's text (for a message reply) under the reply's id. A function call reply is left to
+    the caller.
+    """
+    await server.wait_received("session.update")  # transcription is on
+    server.script(reply)
+    user_id = await server.user_audio_turn(transcript, respond=True)
+    await server.wait_idle()
+    reply_id = server.conversation_ids()[-1]
+    await wait_until(lambda: local.get_by_id(user_id) is not None)
+    await wait_until(lambda: sess.chat_ctx.get_by_id(reply_id) is not None)
+    text = getattr(reply, "transcript", None) or getattr(reply, "text", None)
+    if text is not None:
+        await wait_until(lambda: text in str(sess.chat_ctx.get_by_id(reply_id)))
+        local.items.append(llm.ChatMessage(role="assistant", content=[text], id=reply_id))
+    return user_id, reply_id
