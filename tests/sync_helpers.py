@@ -173,6 +173,29 @@ async def wait_replayed(server: FakeAzureRealtimeServer, count: int) -> None:
         await server.wait_for(lambda: len(server.conversation) >= count, timeout=2.0)
 
 
+def conversation_ctx(count: int) -> llm.ChatContext:
+    """``count`` alternating user and assistant text messages ``item_0`` ... ``item_<count-1>``."""
+    return text_ctx(
+        *(
+            (f"item_{n}", "user" if n % 2 == 0 else "assistant", f"message {n}")
+            for n in range(count)
+        )
+    )
+
+
+def creates_on(server: FakeAzureRealtimeServer, connection: int) -> int:
+    """Number of ``conversation.item.create`` events received on connection ``connection``."""
+    return server.received_types(connection).count("conversation.item.create")
+
+
+async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
+    """Cancel ``task`` unless it is done, and wait for it; its outcome is not of interest."""
+    if not task.done():
+        task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+
+
 # the fork as it was before the sync planner (main at 3c7303c): `nox -s tests_fork` labels its
 # regression column with this version
 FORK_BEFORE = "1.4.6.post1"

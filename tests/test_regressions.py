@@ -27,6 +27,8 @@ from sync_helpers import (
     Session,
     audio_session_kwargs,
     beta_session,
+    conversation_ctx,
+    creates_on,
     error_codes,
     failing_sync,
     ids,
@@ -418,6 +420,30 @@ async def test_reconnect_replays_whole_conversation(
         assert [i["type"] for i in server.conversation] == TOOL_CTX_TYPES
         # the client's view of the new conversation follows the service's answers
         await wait_until(lambda: ids(sess.chat_ctx.items) == TOOL_CTX_IDS)
+
+
+async def test_sync_during_reconnect_sends_only_what_is_missing(
+    fake_azure: FakeAzureRealtimeServer,
+) -> None:
+    """A sync made after the client saw the drop and before it reconnected adds one item.
+
+    The guard next to ``test_sync_on_session_reconnected_sends_only_what_is_missing``
+    (tests/test_regressions_reconnect.py): 1.4.6 and the fork get this order right.
+    """
+    ctx = conversation_ctx(300)
+    async with beta_session(fake_azure) as (sess, errors):
+        await sync(sess, ctx)
+        ctx.add_message(role="user", content="one more", id="item_new")
+        await fake_azure.drop_connections()
+        # the client saw the drop (a recoverable error) and reconnects 0.1 s later
+        await wait_until(lambda: bool(errors))
+        assert fake_azure.connections == 1
+        await sync(sess, ctx)
+
+        await wait_replayed(fake_azure, 301)
+        assert error_codes(fake_azure) == []
+        assert fake_azure.conversation_ids() == ids(ctx.items)
+        assert creates_on(fake_azure, 1) == 301
 
 
 @pytest.mark.parametrize("when", ["sync", "replay"])
