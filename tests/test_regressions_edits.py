@@ -10,6 +10,8 @@ See ``tests/test_regressions.py`` for how regression tests run on upstream.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import pytest
 from fake_azure import AudioReply, FakeAzureRealtimeServer, FunctionCallReply
 from sync_helpers import (
@@ -55,7 +57,7 @@ async def test_trim_and_clear_remove_voice_turns(fake_azure: FakeAzureRealtimeSe
 @pytest.mark.regression(fails_on=(FORK_BEFORE,))
 @pytest.mark.parametrize("role", ["user", "assistant"])
 async def test_edited_voice_turn_replaced_on_server(
-    fake_azure: FakeAzureRealtimeServer, role: str
+    fake_azure: FakeAzureRealtimeServer, role: Literal["user", "assistant"]
 ) -> None:
     """A transcribed turn or a reply whose text the agent redacts holds the new text remotely."""
     async with beta_session(fake_azure, **audio_session_kwargs()) as (sess, _):
@@ -75,7 +77,7 @@ async def test_edited_voice_turn_replaced_on_server(
         redacted = "call me on [redacted]" if role == "user" else "I will call [redacted]."
         edited = local.copy()
         edited.items[index] = llm.ChatMessage(
-            role=role,  # type: ignore[arg-type]
+            role=role,
             content=[redacted],
             id=edited.items[index].id,
         )
