@@ -8,6 +8,8 @@ Sessions (``nox -l`` lists them):
   copy, never the source tree.
 * ``tests_upstream(version='1.4.6'|'1.4.3')``: run the suite against pristine upstream and check
   that every ``@pytest.mark.regression(fails_on=...)`` test naming that version fails.
+* ``tests_fork(rev='3c7303c')``: the same judging on the fork as built from ``patches/`` of an
+  earlier commit (labelled with that wheel's version, e.g. ``1.4.6.post1``).
 * ``lint``: ruff and mypy (upstream settings) on the patched plugin sources and on our own code.
 * ``patches``: the series applies exactly with our applier and with ``git am``, same result.
 * ``bench``, ``soak``, ``demo``, ``upstream``: thin wrappers around scripts in tools/, tests/ and
@@ -19,11 +21,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.util
+import io
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,6 +54,12 @@ FLOOR_DATE = "2026-03-17T00:00:00Z"
 # fallback for the virtualenv backend (pip has no --exclude-newer): the same resolution, pinned
 FLOOR_CONSTRAINTS = TESTS / "packaging" / "floor-constraints.txt"
 UPSTREAM_VERSIONS = ["1.4.6", "1.4.3"]
+# earlier commits whose fork tests_fork rebuilds: 3c7303c is main before the sync planner series,
+# the fork released as 1.4.6.post1 (regression tests name it by that version)
+FORK_REVS = ["3c7303c"]
+# the columns of the regression tables: whether a test names the version (fork-before: the
+# fork at FORK_REVS[0], released as 1.4.6.post1)
+REGRESSION_COLUMNS = {"1.4.6": "fails on 1.4.6?", "1.4.6.post1": "fails on fork-before?"}
 
 sys.path.insert(0, str(PKG / "_build"))
 import lk_fork_backend  # noqa: E402
@@ -253,6 +263,101 @@ def tests_upstream(session: nox.Session, version: str) -> None:
         str(TEST_REQUIREMENTS),
     )
     _assert_installed_copy(session)
+    _run_regressions(session, version, FORK_UNDER_TEST="upstream", FORK_UPSTREAM_VERSION=version)
+
+
+@nox.session
+@nox.parametrize("rev", FORK_REVS)
+def tests_fork(session: nox.Session, rev: str) -> None:
+    """Run the suite on the fork built from patches/ at git REV; its regression tests must fail.
+
+    The wheel is built from that commit's packaging directory and patches (never the working
+    tree's) and labelled with its own version: every test whose ``fails_on`` names that version
+    must fail in its call phase, as in ``tests_upstream``.
+    """
+    wheel = fork_wheel_at(session, rev)
+    label = wheel.name.split("-")[1]
+    session.install(str(wheel), "-r", str(TEST_REQUIREMENTS))
+    session.install("--force-reinstall", "--no-deps", str(wheel))
+    _assert_installed_copy(session)
+    # the pipeline tests check the working tree's build, not this wheel
+    ignore = [] if session.posargs else [f"--ignore={TESTS / 'packaging'}"]
+    _run_regressions(session, label, *ignore, FORK_UNDER_TEST="fork", FORK_WHEEL=str(wheel))
+
+
+def fork_wheel_at(session: nox.Session, rev: str) -> Path:
+    """The fork's wheel as built at git ``rev``, cached in ``.nox/_dist/fork-<sha>/``.
+
+    A temp copy of that commit's packaging directory gets that commit's ``patches/`` next to
+    its ``pyproject.toml`` (where the backend looks first); the upstream sdist is the cached one.
+    """
+    sha = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--verify", f"{rev}^{{commit}}"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    dest = DIST / f"fork-{sha[:12]}"
+    wheels = sorted(dest.glob("livekit_plugins_openai-*.whl"))
+    if len(wheels) == 1:
+        session.log(f"reusing {wheels[0].relative_to(ROOT)} (built at {rev})")
+        return wheels[0]
+    sdist = upstream_sdist(session)
+    pkg_rel = PKG.relative_to(ROOT).as_posix()
+    with tempfile.TemporaryDirectory(prefix="lk-fork-at-") as tmp:
+        work = Path(tmp)
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", "--format=tar", sha, pkg_rel],
+            check=True,
+            capture_output=True,
+        ).stdout
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            # git archive output is trusted; the filter exists from 3.10.12 / 3.11.4 on
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(work / "src", filter="data")
+            else:  # pragma: no cover
+                tar.extractall(work / "src")  # noqa: S202
+        project = work / "src" / pkg_rel
+        patches = project / "patches"
+        patches.mkdir()
+        listing = subprocess.run(
+            ["git", "-C", str(ROOT), "ls-tree", sha, "patches/"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        for line in listing.splitlines():
+            meta, path = line.split("\t", 1)
+            if meta.split()[1] == "blob":  # patches/main/ is not built
+                blob = subprocess.run(
+                    ["git", "-C", str(ROOT), "show", f"{sha}:{path}"],
+                    check=True,
+                    capture_output=True,
+                ).stdout
+                (patches / Path(path).name).write_bytes(blob)
+        out = work / "out"
+        env = {lk_fork_backend.SDIST_ENV: str(sdist)}
+        if shutil.which("uv"):
+            session.run(
+                *("uv", "build", "--wheel", "--out-dir", str(out), str(project)),
+                external=True,
+                env=env,
+            )
+        else:
+            session.run(
+                *("python", "-m", "pip", "wheel", "--no-deps", "-w", str(out), str(project)),
+                external=True,
+                env=env,
+            )
+        (wheel,) = out.glob("*.whl")
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(wheel, dest / wheel.name)
+    session.log(f"built {(dest / wheel.name).relative_to(ROOT)} from patches/ at {rev}")
+    return dest / wheel.name
+
+
+def _run_regressions(session: nox.Session, label: str, *args: str, **env: str) -> None:
+    """Run the suite with the regression report plugin and judge it for ``label``."""
     with _chdir_tmp(session) as tmp:
         junit = tmp / "junit.xml"
         report = tmp / "regression.json"
@@ -262,13 +367,13 @@ def tests_upstream(session: nox.Session, version: str) -> None:
                 "regression_report",
                 f"--junitxml={junit}",
                 *_test_selection(session.posargs),
+                *args,
             ),
             env=_pytest_env(
                 session,
-                FORK_UNDER_TEST="upstream",
-                FORK_UPSTREAM_VERSION=version,
                 FORK_REGRESSION_REPORT=str(report),
                 PYTHONPATH=str(TESTS / "packaging"),
+                **env,
             ),
             success_codes=[0, 1],
         )
@@ -279,12 +384,14 @@ def tests_upstream(session: nox.Session, version: str) -> None:
             f"{case.get('classname')}.{case.get('name')}"
             for case in ElementTree.parse(junit).getroot().iter("testcase")
         }
-    _judge_regressions(session, version, results, len(junit_names))
+    _judge_regressions(session, label, results, len(junit_names))
 
 
 def _judge_regressions(
     session: nox.Session, version: str, results: list[dict[str, object]], ran: int
 ) -> None:
+    """Print the regression tests naming ``version`` and fail unless each of them failed."""
+    columns = REGRESSION_COLUMNS
     rows = []
     bad = []
     for r in results:
@@ -293,22 +400,27 @@ def _judge_regressions(
             continue
         outcome = str(r["outcome"])
         ok = outcome == "failed"
-        rows.append((str(r["nodeid"]), f"fails on {version}", outcome + ("" if ok else "  <--")))
+        marks = ["yes" if v in fails_on else "no" for v in columns]
+        rows.append([str(r["nodeid"]), *marks, outcome + ("" if ok else "  <--")])
         if not ok:
             bad.append(r["nodeid"])
-    width = max([len(r[0]) for r in rows] + [4])
-    print(f"\nregression tests against upstream {version} ({ran} test cases in junit.xml):")
-    print(f"{'test':<{width}}  {'expected':<14}  outcome")
-    for test, expected, outcome in rows:
-        print(f"{test:<{width}}  {expected:<14}  {outcome}")
+    header = ["test", *columns.values(), f"outcome on {version}"]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 1)]
+    print(f"\nregression tests naming {version} ({ran} test cases in junit.xml):")
+    for row in [header, *rows]:
+        print(
+            "  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True))
+            + "  "
+            + row[-1]
+        )
     if not rows:
         session.error(f"no test is marked @pytest.mark.regression(fails_on=(..., {version!r}))")
     if bad:
         session.error(
-            f"{len(bad)} regression test(s) did not fail in the call phase on upstream "
-            f"{version}: {', '.join(map(str, bad))}"
+            f"{len(bad)} regression test(s) did not fail in the call phase on {version}: "
+            f"{', '.join(map(str, bad))}"
         )
-    print(f"all {len(rows)} regression tests bite on upstream {version}")
+    print(f"all {len(rows)} regression tests bite on {version}")
 
 
 @nox.session

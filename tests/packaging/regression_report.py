@@ -1,4 +1,4 @@
-"""pytest plugin used by ``nox -s tests_upstream`` (loaded with ``-p regression_report``).
+"""pytest plugin of ``nox -s tests_upstream`` and ``tests_fork`` (``-p regression_report``).
 
 Records, for every collected test marked ``@pytest.mark.regression(fails_on=(...))``, the
 versions it names and the outcome of its *call* phase, and writes them as JSON to
