@@ -485,11 +485,8 @@ async def test_pending_maps_empty_after_each_call(fake_azure: FakeAzureRealtimeS
     """Nothing stays tracked once a call settled: success, rejection, missing item."""
 
     def pending(sess: Session) -> list[int]:
-        return [
-            len(sess._pending_events),
-            len(sess._pending_creates),
-            len(sess._pending_deletes),
-        ]
+        events = sess._item_events
+        return [len(events), len(events._by_item), len(events._cancelled)]
 
     ctx = text_ctx(("sys_1", "system", "TEST"), ("user_1", "user", "hello"))
     async with beta_session(fake_azure) as (sess, _):

@@ -37,7 +37,7 @@ Invariants, checked after every step once everything has settled (``check``):
    documented loss, tracked in ``lost``); audio items WITH a transcript are replayed as text
    under the same id and count as kept;
 5. the session mirror (``session.chat_ctx``) equals the server conversation;
-6. the pending maps ``_pending_events/_pending_creates/_pending_deletes`` are empty after every
+6. the session's unanswered item events (``_item_events``) are none after every
    settled call, and no sync task is left; every call settles within ``BOUND`` seconds; the
    number of live tasks stays bounded and none is left once the session is closed.
 
@@ -91,7 +91,7 @@ SOAK = os.environ.get("FORK_SOAK") == "1"
 BOUND = 3.0
 """Seconds any single call or server turn may take before the test calls it stuck."""
 MAX_LIVE_TASKS = 40
-PENDING_MAPS = ("_pending_events", "_pending_creates", "_pending_deletes")
+PENDING_MAPS = ("_item_events",)  # the session's unanswered item events (len)
 
 T = TypeVar("T")
 Norm = tuple[Any, ...]
