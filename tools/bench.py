@@ -7,7 +7,8 @@ fork)::
 
 Sections:
 
-a. ``compute_chat_ctx_diff``: the fork's (longest increasing subsequence) against upstream's
+a. ``compute_chat_ctx_diff``: the planner's (``chat_sync``, longest increasing subsequence, the
+   same operations) against upstream's
    (``livekit.agents.llm.utils``, an O(n * m) table) on a history of alternating user/assistant
    messages with one system message appended, the agent-switch case of the issue.
 b. Peak memory (tracemalloc) of both diffs.
@@ -47,7 +48,7 @@ from livekit.agents.llm.utils import (
     DiffOps,
     compute_chat_ctx_diff as upstream_diff,
 )
-from livekit.plugins.openai.realtime import realtime_model_beta as beta_module, utils as rt_utils
+from livekit.plugins.openai.realtime import chat_sync
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = ROOT / "tests"  # holds the fake server package, `fake_azure`
@@ -117,7 +118,7 @@ def timed_diffs(
 
 
 def fork_diff(old: llm.ChatContext, new: llm.ChatContext) -> DiffOps:
-    result: DiffOps = rt_utils.compute_chat_ctx_diff(old, new)
+    result: DiffOps = chat_sync.compute_chat_ctx_diff(old, new)
     return result
 
 
@@ -507,11 +508,11 @@ async def bench_e2e(server: ServerProcess, sizes: Sequence[int]) -> list[E2ERow]
 
 
 async def step_costs(client: Client, ctx: llm.ChatContext) -> dict[str, float]:
-    """CPU time of the planning of the next incremental sync (one more system message).
+    """CPU time of the planning steps of the next incremental sync (one more system message).
 
-    `_protocol_items` and `_plan_chat_ctx_sync` (patch 0003) yield to the event loop as they go,
-    so their totals are not stalls; the diff inside the plan is the longest step that runs
-    without yielding, and is measured on its own. A step that does not exist is left out.
+    The session yields to the event loop between them (patch 0007), so each is a step that runs
+    without yielding: the filter (``protocol_items``), the plan (``plan_sync``, diff included)
+    and the diff on its own.
     """
     session: Any = client.session
     ctx = ctx.copy()
@@ -528,19 +529,24 @@ async def step_costs(client: Client, ctx: llm.ChatContext) -> dict[str, float]:
             times.append(time.thread_time() - t0)
         return statistics.median(times) * 1e3
 
-    protocol_items = getattr(session, "_protocol_items", None)
-    plan = getattr(session, "_plan_chat_ctx_sync", None)
-    fork_diff = getattr(rt_utils, "compute_chat_ctx_diff", None)
-    key = getattr(beta_module, "_sync_content_key", None)
-    if protocol_items is None or plan is None:
-        return costs
-    costs["_protocol_items (total, yields)"] = await cpu_ms(lambda: protocol_items(ctx))
-    items = await protocol_items(ctx)
-    costs["_plan_chat_ctx_sync (total, yields)"] = await cpu_ms(lambda: plan(items))
-    if fork_diff is not None and key is not None:
-        remote = llm.ChatContext(items=session._remote_chat_ctx.to_chat_ctx().items)
-        new = llm.ChatContext(items=items)
-        costs["diff (one step)"] = await cpu_ms(lambda: fork_diff(remote, new, content_key=key))
+    remote = session._remote
+
+    def _filter() -> list[llm.ChatItem]:
+        items, _ = chat_sync.protocol_items(
+            ctx, (r.item for r in remote.items()), warned=set(), protocol="bench"
+        )
+        return items
+
+    items = _filter()
+    costs["protocol_items (one step)"] = await cpu_ms(_filter)
+    costs["plan_sync (one step)"] = await cpu_ms(
+        lambda: chat_sync.plan_sync(remote, items, since=remote.revision)
+    )
+    old = remote.to_chat_ctx()
+    new = llm.ChatContext(items=items)
+    costs["diff (inside plan_sync)"] = await cpu_ms(
+        lambda: chat_sync.compute_chat_ctx_diff(old, new)
+    )
     return costs
 
 
@@ -639,15 +645,10 @@ async def bench_reject(server: ServerProcess, repeats: int) -> RejectResult:
 
 
 def environment() -> str:
-    fork = (
-        "fork (compute_chat_ctx_diff present)"
-        if hasattr(rt_utils, "compute_chat_ctx_diff")
-        else "upstream"
-    )
     return (
         f"python {platform.python_version()} ({platform.machine()}), "
         f"livekit-agents {version('livekit-agents')}, "
-        f"livekit-plugins-openai {version('livekit-plugins-openai')} [{fork}], "
+        f"livekit-plugins-openai {version('livekit-plugins-openai')}, "
         f"openai {version('openai')}, aiohttp {version('aiohttp')}, "
         f"{multiprocessing.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}"
     )
@@ -677,10 +678,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     e2e_sizes = [int(s) for s in args.e2e_sizes.split(",") if s]
-
-    if not hasattr(rt_utils, "compute_chat_ctx_diff"):
-        print("this benchmark needs the fork (compute_chat_ctx_diff is missing)", file=sys.stderr)
-        return 2
 
     started = time.perf_counter()
     print(f"Environment: {environment()}\n")
