@@ -11,7 +11,13 @@ For a series (a directory with a `series` file naming `git format-patch` files i
 3. run the test files the series adds or changes, with the clone's pytest settings;
 4. prove those tests can fail: a test patch is applied alone to the base, a `fix` patch
    with tests gets the patches before it plus only its own test hunks; either way its tests
-   must fail (pytest exit code 1, not a collection or usage error).
+   must fail (pytest exit code 1, not a collection or usage error). For a `fix` patch that
+   creates test files, those are run: its edits to existing test modules only adapt their
+   helpers to the fix and are expected to break without it;
+5. (main) the planner module the main series adds is byte-identical to the one the backport
+   series ends with (`SHARED_MODULES`), so the two series cannot drift apart.
+
+A tool that is missing from the interpreter is a failure, never a pass.
 
 The tools run in the interpreter given by `--python` (or `LK_AGENTS_PYTHON`), which needs
 upstream's test and lint dependencies. The clone's packages are put first on `PYTHONPATH` and
@@ -47,6 +53,10 @@ _GIT_IDENTITY = ["-c", "user.name=upstream-check", "-c", "user.email=upstream-ch
 # flags of upstream's scripts/check_types.py
 _MYPY_FLAGS = ["--untyped-calls-exclude=smithy_aws_core", "--platform", "linux"]
 _TAIL = 40  # lines of tool output kept in the report
+# modules both series must carry byte for byte: the sync rule is written once
+SHARED_MODULES = [
+    "livekit-plugins/livekit-plugins-openai/livekit/plugins/openai/realtime/chat_sync.py",
+]
 
 
 @dataclass
@@ -54,6 +64,7 @@ class Patch:
     path: Path
     subject: str
     files: list[str]
+    new_files: list[str] = field(default_factory=list)
 
     @property
     def test_files(self) -> list[str]:
@@ -120,7 +131,13 @@ def read_series(series_dir: Path) -> list[Patch]:
         files = [
             ln.split(" b/", 1)[1] for ln in text.splitlines() if ln.startswith("diff --git a/")
         ]
-        patches.append(Patch(path, subject, list(dict.fromkeys(files))))
+        lines = text.splitlines()
+        new_files = [
+            ln.split(" b/", 1)[1]
+            for ln, nxt in zip(lines, lines[1:], strict=False)
+            if ln.startswith("diff --git a/") and nxt.startswith("new file mode")
+        ]
+        patches.append(Patch(path, subject, list(dict.fromkeys(files)), new_files))
     return patches
 
 
@@ -190,6 +207,22 @@ def _pytest(python: str, clone: Path, tests: Sequence[str]) -> subprocess.Comple
     return _run(cmd, cwd=clone, env=_tool_env(clone))
 
 
+def _check_shared_modules(checkout: Path, clone: Path, scratch: Path, report: Report) -> None:
+    """Each of SHARED_MODULES in ``clone`` must equal the backport series' final copy."""
+    _clone(checkout, BACKPORT_BASE, scratch)
+    out = _am(scratch, read_series(BACKPORT_SERIES))
+    if out.returncode != 0:
+        report.add("shared modules: git am of the backport series", False, _tail(out.stdout))
+        return
+    for rel in SHARED_MODULES:
+        ours, theirs = clone / rel, scratch / rel
+        same = ours.is_file() and theirs.is_file() and ours.read_bytes() == theirs.read_bytes()
+        detail = "" if same else ("missing" if not ours.is_file() else "differs")
+        report.add(
+            f"{rel.rsplit('/', 1)[-1]} identical to the backport series' final copy", same, detail
+        )
+
+
 def check_series(
     series_dir: Path,
     checkout: Path,
@@ -233,6 +266,10 @@ def check_series(
 
         existing = [f for f in py_files if (clone / f).exists()]
         env = _tool_env(clone)
+        for tool in ("ruff", "mypy", "pytest"):
+            probe = _run([python, "-m", tool, "--version"], cwd=clone, env=env)
+            if probe.returncode != 0:
+                report.add(f"{tool} available in {python}", False, _tail(probe.stdout, 3))
         out = _run([python, "-m", "ruff", "check", *existing], cwd=clone, env=env)
         report.add(
             f"ruff check ({len(existing)} files)",
@@ -272,13 +309,18 @@ def check_series(
         else:
             report.add("pytest: the series adds no tests under tests/", False)
 
+        if series_dir == MAIN_SERIES:
+            _check_shared_modules(checkout, clone, work / "backport", report)
+
         for i, patch in enumerate(patches):
             if not patch.test_files:
                 continue
+            run_tests = patch.test_files
             if patch.is_test_patch:
                 how, before, hunks = "alone on the base", [], False
             elif patch.kind == "fix":
                 how, before, hunks = "tests only, after the patches before it", patches[:i], True
+                run_tests = [f for f in patch.new_files if _is_test_file(f)] or run_tests
             else:
                 continue
             bare = work / f"without-{i}"
@@ -289,11 +331,11 @@ def check_series(
                     applied = _run(["git", "apply", "--include=tests/*", str(patch.path)], cwd=bare)
                 else:
                     applied = _am(bare, [patch])
-            name = f"{patch.path.name} ({how}) fails"
+            name = f"{patch.path.name} ({how}): {' '.join(run_tests)} fails"
             if applied.returncode != 0:
                 report.add(name, False, "could not apply:\n" + _tail(applied.stdout))
                 continue
-            out = _pytest(python, bare, patch.test_files)
+            out = _pytest(python, bare, run_tests)
             summary_lines = ("FAILED ", "ERROR tests/")
             detail = [ln for ln in out.stdout.splitlines() if ln.startswith(summary_lines)]
             verdict = {0: "tests passed without the fix", 1: "", 5: "no tests collected"}
