@@ -41,9 +41,10 @@ def make_model(server: FakeAzureRealtimeServer, **kwargs: Any) -> llm.RealtimeMo
     Preview: ``api_version`` defaults to :data:`DEFAULT_API_VERSION` and the model is a
     ``RealtimeModelBeta``. GA: no ``api_version``; while the installed plugin lacks the GA route
     (see :func:`ga_route_available`), the GA ``RealtimeModel`` is built directly with
-    ``base_url=<endpoint>/openai/v1`` and ``model=<deployment>``: 1.4.6 then connects to
-    ``/openai/v1/realtime?model=<deployment>`` with ``Authorization: Bearer <key>``, which the
-    fake accepts as an Entra token.
+    ``base_url=<endpoint>/openai/v1/realtime`` (1.4.6's ``process_base_url`` appends
+    ``/realtime`` only to ``""``, ``/v1`` and ``/openai``) and ``model=<deployment>``: it then
+    connects to ``/openai/v1/realtime?model=<deployment>`` with ``Authorization: Bearer <key>``,
+    which the fake accepts as an Entra token.
 
     livekit is imported lazily so the fake itself works without it. ``with_azure`` in 1.4.x takes
     no ``conn_options`` / ``max_session_duration``; when given here they are set on the model's
@@ -73,7 +74,7 @@ def make_model(server: FakeAzureRealtimeServer, **kwargs: Any) -> llm.RealtimeMo
         # 1.4.6 has no Azure GA route: the plain GA model on Azure's v1 path (see above)
         deployment = kwargs.pop("azure_deployment")
         model = openai.realtime.RealtimeModel(
-            base_url=f"{server.endpoint}/openai/v1", model=deployment, **kwargs
+            base_url=f"{server.endpoint}/openai/v1/realtime", model=deployment, **kwargs
         )
     if conn_options is not None:
         model._opts.conn_options = conn_options
