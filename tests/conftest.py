@@ -1,26 +1,84 @@
-"""Shared fixtures: the fake Azure realtime server and a leaked-task check.
+"""Shared fixtures: the fake Azure realtime server (both protocols) and a leaked-task check.
 
 ``tests/`` has no ``__init__.py``: pytest's default (rootdir-based) import mode puts it on
 ``sys.path``, which is what makes ``fake_azure`` importable. Nothing here imports livekit at
 module level, so the same fixtures run against the fork and against pristine upstream.
+
+Every test using ``fake_azure`` (or ``fake_azure_factory``, or ``protocol``) runs once per
+protocol, ids ``preview`` and ``ga``; ``FORK_PROTOCOLS=preview`` (a comma list) restricts the
+run. ``@pytest.mark.protocols("preview")`` limits one test to the protocols it names. While the
+installed plugin has no Azure GA route (``RealtimeModel.with_azure`` without ``api_version``
+raises), the plugin's GA session is the pristine 1.4.6 one: GA runs of the behaviour tests are
+then a non-strict xfail (issue 10's plugin patch brings the fixes); the fake's own self-tests
+(``test_fake_server*.py``) are not marked.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
-from fake_azure import FakeAzureRealtimeServer, make_model
+from fake_azure import PROTOCOLS, FakeAzureRealtimeServer, ga_route_available, make_model
 
 __all__ = ["make_model"]
 
+GA_XFAIL_REASON = "GA session: issue 10 plugin patch"
+
+
+def selected_protocols() -> list[str]:
+    """The protocols of this run: ``FORK_PROTOCOLS`` (comma list), default all."""
+    raw = os.environ.get("FORK_PROTOCOLS", "").strip()
+    if not raw:
+        return list(PROTOCOLS)
+    chosen = [p.strip() for p in raw.split(",") if p.strip()]
+    unknown = sorted(set(chosen) - set(PROTOCOLS))
+    if unknown:
+        raise pytest.UsageError(f"FORK_PROTOCOLS: unknown protocol(s) {unknown}, use {PROTOCOLS}")
+    return chosen
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "protocols(*names): run the test only on the named fake Azure protocols"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    ga_xfail = None
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        protocol = callspec.params.get("protocol") if callspec is not None else None
+        if protocol is None:
+            continue
+        only = item.get_closest_marker("protocols")
+        if only is not None and protocol not in only.args:
+            item.add_marker(pytest.mark.skip(reason=f"not a {protocol} test"))
+            continue
+        if protocol != "ga" or item.path.name.startswith("test_fake_server"):
+            continue
+        # a regression run's judge needs the plain outcome (as for `issue_9_xfail`)
+        if os.environ.get("FORK_REGRESSION_REPORT"):
+            continue
+        if ga_xfail is None:
+            ga_xfail = not ga_route_available()
+        if ga_xfail:
+            item.add_marker(pytest.mark.xfail(strict=False, reason=GA_XFAIL_REASON))
+
+
+@pytest.fixture(params=selected_protocols(), ids=lambda p: str(p))
+def protocol(request: pytest.FixtureRequest) -> str:
+    """The fake Azure protocol of this test run: ``"preview"`` or ``"ga"``."""
+    name: str = request.param
+    return name
+
 
 @pytest.fixture
-async def fake_azure() -> AsyncIterator[FakeAzureRealtimeServer]:
+async def fake_azure(protocol: str) -> AsyncIterator[FakeAzureRealtimeServer]:
     """A started fake Azure OpenAI Realtime server on 127.0.0.1, stopped at teardown."""
-    server = FakeAzureRealtimeServer()
+    server = FakeAzureRealtimeServer(protocol=protocol)
     await server.start()
     try:
         yield server
@@ -29,11 +87,17 @@ async def fake_azure() -> AsyncIterator[FakeAzureRealtimeServer]:
 
 
 @pytest.fixture
-async def fake_azure_factory() -> AsyncIterator[Callable[..., Awaitable[FakeAzureRealtimeServer]]]:
-    """Factory for extra or differently configured servers: ``await factory(**options)``."""
+async def fake_azure_factory(
+    protocol: str,
+) -> AsyncIterator[Callable[..., Awaitable[FakeAzureRealtimeServer]]]:
+    """Factory for extra or differently configured servers: ``await factory(**options)``.
+
+    The servers speak the test's protocol unless ``protocol=`` is given.
+    """
     servers: list[FakeAzureRealtimeServer] = []
 
     async def _make(**options: Any) -> FakeAzureRealtimeServer:
+        options.setdefault("protocol", protocol)
         server = FakeAzureRealtimeServer(**options)
         await server.start()
         servers.append(server)

@@ -15,8 +15,13 @@ from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 import pytest
-from fake_azure import DEFAULT_API_VERSION, FakeAzureRealtimeServer, Reply, make_model
-from openai.types.beta.realtime.session import InputAudioTranscription, TurnDetection
+from fake_azure import (
+    DEFAULT_API_VERSION,
+    FakeAzureRealtimeServer,
+    Reply,
+    make_model,
+    session_options,
+)
 from pydantic import BaseModel, Field
 
 from livekit.agents import llm
@@ -42,10 +47,12 @@ async def beta_session(
     """A connected beta session on ``server`` and the list of errors it emits.
 
     ``input_audio_transcription=None`` turns transcription off: ``RealtimeModel.with_azure``
-    refuses ``None``, so the model is then built with ``RealtimeModelBeta.with_azure``.
+    refuses ``None`` on the preview protocol, so the model is then built with
+    ``RealtimeModelBeta.with_azure``; the GA ``with_azure`` takes ``None``.
     """
     if (
-        "input_audio_transcription" in model_kwargs
+        server.protocol == "preview"
+        and "input_audio_transcription" in model_kwargs
         and not model_kwargs["input_audio_transcription"]
     ):
         model = beta.RealtimeModelBeta.with_azure(
@@ -68,14 +75,15 @@ async def beta_session(
         await model.aclose()
 
 
-def audio_session_kwargs(*, transcription: bool = True) -> dict[str, Any]:
-    """Model options of the user's report: server VAD, whisper transcription (or none)."""
-    return {
-        "input_audio_transcription": (
-            InputAudioTranscription(model="whisper-1", language="en") if transcription else None
-        ),
-        "turn_detection": TurnDetection(type="server_vad", create_response=False),
-    }
+def audio_session_kwargs(
+    server: FakeAzureRealtimeServer, *, transcription: bool = True
+) -> dict[str, Any]:
+    """Model options of the user's report: server VAD, whisper transcription (or none), as the
+    openai types of ``server``'s protocol."""
+    out = session_options(server.protocol, transcription=transcription, create_response=False)
+    if not transcription:
+        out["input_audio_transcription"] = None
+    return out
 
 
 async def sync(sess: Session, ctx: llm.ChatContext) -> float:
@@ -257,3 +265,8 @@ async def voice_turn(
         await wait_until(lambda: text in str(sess.chat_ctx.get_by_id(reply_id)))
         local.items.append(llm.ChatMessage(role="assistant", content=[text], id=reply_id))
     return user_id, reply_id
+
+
+def assistant_text_type(server: FakeAzureRealtimeServer) -> str:
+    """The content type of assistant text on ``server``'s protocol."""
+    return "output_text" if server.protocol == "ga" else "text"

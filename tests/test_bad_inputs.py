@@ -77,7 +77,9 @@ class CustomItem(BaseModel):
 def norm_server(item: JsonDict) -> Norm:
     if item["type"] == "message":
         texts = tuple(
-            p.get("text") if p["type"] in ("input_text", "text") else p.get("transcript")
+            p.get("text")
+            if p["type"] in ("input_text", "text", "output_text")
+            else p.get("transcript")
             for p in item.get("content") or []
         )
         return ("message", item["role"], texts)

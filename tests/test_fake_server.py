@@ -1,7 +1,9 @@
 """Self-tests of the fake Azure realtime server, mostly through a raw aiohttp websocket client.
 
-Every server event a test provoked is validated against ``openai.types.beta.realtime`` (strictly:
-no undeclared fields) when the raw client is torn down.
+Tests that speak preview wire shapes are marked ``protocols("preview")``; the rest run on both
+protocols (``test_fake_server_ga.py`` holds the GA layer's own tests). Every server event a test
+provoked is validated against the protocol's openai types (``openai.types.beta.realtime`` resp.
+``openai.types.realtime``; strictly: no undeclared fields) when the raw client is torn down.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from fake_azure import (
     FunctionCallReply,
     TextReply,
     make_model,
-    validate_server_event,
+    wire_names,
 )
 
 JsonDict = dict[str, Any]
@@ -30,7 +32,7 @@ JsonDict = dict[str, Any]
 def assert_all_valid(server: FakeAzureRealtimeServer) -> None:
     assert server.sent, "the server sent nothing"
     for sent in server.sent:
-        validate_server_event(sent.event)
+        server.wire.validate_server_event(sent.event)
 
 
 class RawClient:
@@ -129,6 +131,7 @@ def create(item: JsonDict, previous_item_id: str | None = None) -> JsonDict:
 # --------------------------------------------------------------------------- handshake
 
 
+@pytest.mark.protocols("preview")  # preview wire shapes; GA: test_fake_server_ga.py
 async def test_session_created_first(
     fake_azure: FakeAzureRealtimeServer, client: RawClient
 ) -> None:
@@ -139,6 +142,7 @@ async def test_session_created_first(
     assert fake_azure.conversation == []
 
 
+@pytest.mark.protocols("preview")  # preview wire shapes; GA: test_fake_server_ga.py
 @pytest.mark.parametrize(
     ("headers", "query", "status"),
     [
@@ -313,6 +317,7 @@ VALIDATION_CASES: list[tuple[str, JsonDict, str, str | None, str | None]] = [
 ]
 
 
+@pytest.mark.protocols("preview")  # preview wire shapes; GA: test_fake_server_ga.py
 @pytest.mark.parametrize(
     ("event", "code", "param", "message_text"),
     [pytest.param(*case[1:], id=case[0]) for case in VALIDATION_CASES],
@@ -348,6 +353,7 @@ async def test_typeless_creates_counted(
     assert fake_azure.typeless_creates == 1
 
 
+@pytest.mark.protocols("preview")  # preview wire shapes; GA: test_fake_server_ga.py
 async def test_duplicate_id(fake_azure: FakeAzureRealtimeServer, client: RawClient) -> None:
     assert (await client.request(create(message("user", "a", "item_a"))))["type"] == (
         "conversation.item.created"
@@ -370,6 +376,7 @@ async def test_invalid_json(fake_azure: FakeAzureRealtimeServer, client: RawClie
     assert fake_azure.errors[0].client_event is None
 
 
+@pytest.mark.protocols("preview")  # preview wire shapes; GA: test_fake_server_ga.py
 async def test_function_call_output_check_switchable(
     fake_azure_factory: Callable[..., Awaitable[FakeAzureRealtimeServer]],
 ) -> None:
@@ -385,6 +392,7 @@ async def test_function_call_output_check_switchable(
     assert_all_valid(server)
 
 
+@pytest.mark.protocols("preview")  # preview wire shapes; GA: test_fake_server_ga.py
 async def test_function_call_then_output(
     fake_azure: FakeAzureRealtimeServer, client: RawClient
 ) -> None:
@@ -410,6 +418,7 @@ async def test_function_call_then_output(
 # --------------------------------------------------------------------------- success paths
 
 
+@pytest.mark.protocols("preview")  # preview wire shapes; GA: test_fake_server_ga.py
 async def test_created_echo_shape(fake_azure: FakeAzureRealtimeServer, client: RawClient) -> None:
     item = {
         "id": "item_user_audio",
@@ -443,6 +452,7 @@ async def test_created_echo_shape(fake_azure: FakeAzureRealtimeServer, client: R
     assert created["previous_item_id"] == "item_user_audio"
 
 
+@pytest.mark.protocols("preview")  # preview wire shapes; GA: test_fake_server_ga.py
 async def test_batch_processed_in_order(
     fake_azure: FakeAzureRealtimeServer, client: RawClient
 ) -> None:
@@ -477,6 +487,7 @@ async def test_batch_processed_in_order(
     assert fake_azure.conversation_ids() == ["item_0", "item_1", "item_15", "item_2", "item_5"]
 
 
+@pytest.mark.protocols("preview")  # preview wire shapes; GA: test_fake_server_ga.py
 async def test_delete(fake_azure: FakeAzureRealtimeServer, client: RawClient) -> None:
     event_id = await client.send({"type": "conversation.item.delete", "item_id": "item_x"})
     error = (await client.recv())["error"]
@@ -493,6 +504,7 @@ async def test_delete(fake_azure: FakeAzureRealtimeServer, client: RawClient) ->
     assert fake_azure.conversation == []
 
 
+@pytest.mark.protocols("preview")  # preview wire shapes; GA: test_fake_server_ga.py
 async def test_session_update_merges(
     fake_azure: FakeAzureRealtimeServer, client: RawClient
 ) -> None:
@@ -530,6 +542,7 @@ async def test_session_update_merges(
     )
 
 
+@pytest.mark.protocols("preview")  # preview wire shapes; GA: test_fake_server_ga.py
 async def test_input_audio_buffer(fake_azure: FakeAzureRealtimeServer, client: RawClient) -> None:
     error = await client.request({"type": "input_audio_buffer.commit"})
     assert error["error"]["code"] == "input_audio_buffer_commit_empty"
@@ -552,6 +565,7 @@ async def test_input_audio_buffer(fake_azure: FakeAzureRealtimeServer, client: R
 # --------------------------------------------------------------------------- scripted turns
 
 
+@pytest.mark.protocols("preview")  # preview wire shapes; GA: test_fake_server_ga.py
 async def test_user_audio_turn_without_transcript(
     fake_azure: FakeAzureRealtimeServer, client: RawClient
 ) -> None:
@@ -578,6 +592,7 @@ async def test_user_audio_turn_without_transcript(
         await client.recv(timeout=0.2)
 
 
+@pytest.mark.protocols("preview")  # preview wire shapes; GA: test_fake_server_ga.py
 async def test_user_audio_turn_with_transcript(
     fake_azure: FakeAzureRealtimeServer, client: RawClient
 ) -> None:
@@ -603,6 +618,7 @@ async def test_user_audio_turn_with_transcript(
     assert not fake_azure.sent_events("response.created")
 
 
+@pytest.mark.protocols("preview")  # preview wire shapes; GA: test_fake_server_ga.py
 async def test_user_audio_turn_transcript_needs_transcription(
     fake_azure: FakeAzureRealtimeServer, client: RawClient
 ) -> None:
@@ -612,6 +628,7 @@ async def test_user_audio_turn_transcript_needs_transcription(
     assert not fake_azure.sent_events("conversation.item.input_audio_transcription.completed")
 
 
+@pytest.mark.protocols("preview")  # preview wire shapes; GA: test_fake_server_ga.py
 async def test_user_audio_turn_auto_response(
     fake_azure: FakeAzureRealtimeServer, client: RawClient
 ) -> None:
@@ -625,6 +642,7 @@ async def test_user_audio_turn_auto_response(
     assert fake_azure.conversation_ids() == [user_id, done["output"][0]["id"]]
 
 
+@pytest.mark.protocols("preview")  # preview wire shapes; GA: test_fake_server_ga.py
 async def test_scripted_text_response(
     fake_azure: FakeAzureRealtimeServer, client: RawClient
 ) -> None:
@@ -663,6 +681,7 @@ async def test_scripted_text_response(
     }
 
 
+@pytest.mark.protocols("preview")  # preview wire shapes; GA: test_fake_server_ga.py
 async def test_scripted_audio_response_and_truncate(
     fake_azure: FakeAzureRealtimeServer, client: RawClient
 ) -> None:
@@ -719,6 +738,7 @@ async def test_scripted_audio_response_and_truncate(
     assert error["error"]["code"] == "invalid_value"
 
 
+@pytest.mark.protocols("preview")  # preview wire shapes; GA: test_fake_server_ga.py
 async def test_scripted_function_call(
     fake_azure: FakeAzureRealtimeServer, client: RawClient
 ) -> None:
@@ -742,6 +762,7 @@ async def test_scripted_function_call(
     assert created["previous_item_id"] == item["id"]
 
 
+@pytest.mark.protocols("preview")  # preview wire shapes; GA: test_fake_server_ga.py
 async def test_multi_output_and_default_replies(
     fake_azure: FakeAzureRealtimeServer, client: RawClient
 ) -> None:
@@ -760,6 +781,7 @@ async def test_multi_output_and_default_replies(
     assert len(fake_azure.conversation) == 4
 
 
+@pytest.mark.protocols("preview")  # preview wire shapes; GA: test_fake_server_ga.py
 async def test_response_cancel(fake_azure: FakeAzureRealtimeServer, client: RawClient) -> None:
     error = await client.request({"type": "response.cancel"})
     assert error["error"]["message"].startswith("Cancellation failed")
@@ -782,6 +804,7 @@ async def test_response_cancel(fake_azure: FakeAzureRealtimeServer, client: RawC
     await fake_azure.wait_idle()
 
 
+@pytest.mark.protocols("preview")  # preview wire shapes; GA: test_fake_server_ga.py
 async def test_interrupt_by_user_turn(
     fake_azure: FakeAzureRealtimeServer, client: RawClient
 ) -> None:
@@ -798,6 +821,7 @@ async def test_interrupt_by_user_turn(
 # --------------------------------------------------------------------------- fault injection
 
 
+@pytest.mark.protocols("preview")  # preview wire shapes; GA: test_fake_server_ga.py
 async def test_reject_next(fake_azure: FakeAzureRealtimeServer, client: RawClient) -> None:
     by_type = fake_azure.reject_next(
         "conversation.item.create", "server_error", "boom", error_type="server_error"
@@ -826,6 +850,7 @@ async def test_reject_next(fake_azure: FakeAzureRealtimeServer, client: RawClien
     assert fake_azure.conversation_ids() == ["item_a", "item_b"]
 
 
+@pytest.mark.protocols("preview")  # preview wire shapes; GA: test_fake_server_ga.py
 async def test_drop_connections(fake_azure: FakeAzureRealtimeServer, connect: Connect) -> None:
     first = await connect()
     await first.request(create(message("user", "a", "item_a")))
@@ -900,7 +925,7 @@ async def test_real_client_update_chat_ctx(fake_azure: FakeAzureRealtimeServer) 
         await sess.update_chat_ctx(ctx)
         assert fake_azure.conversation_ids() == ["item_user_1", "item_asst_1"]
         assert fake_azure.conversation[1]["content"] == [
-            {"type": "text", "text": "hi, how can I help?"}
+            wire_names(fake_azure.protocol).text_part("assistant", "hi, how can I help?")
         ]
         assert [e.code for e in fake_azure.errors] == []
         assert [i.id for i in sess.chat_ctx.items] == ["item_user_1", "item_asst_1"]
@@ -913,16 +938,11 @@ async def test_real_client_update_chat_ctx(fake_azure: FakeAzureRealtimeServer) 
 
 async def test_real_client_reply_and_user_turn(fake_azure: FakeAzureRealtimeServer) -> None:
     """The client understands the fake's responses and user turns (not a regression test)."""
-    from openai.types.beta.realtime.session import InputAudioTranscription, TurnDetection
+    from fake_azure import session_options
 
     from livekit.agents import llm
 
-    model = make_model(
-        fake_azure,
-        modalities=["text"],
-        input_audio_transcription=InputAudioTranscription(model="whisper-1", language="en"),
-        turn_detection=TurnDetection(type="server_vad", create_response=False),
-    )
+    model = make_model(fake_azure, modalities=["text"], **session_options(fake_azure.protocol))
     sess = model.session()
     transcripts: list[str] = []
     errors: list[llm.RealtimeModelError] = []

@@ -17,6 +17,7 @@ from fake_azure import AudioReply, FakeAzureRealtimeServer, FunctionCallReply
 from sync_helpers import (
     FORK_BEFORE,
     agent_context,
+    assistant_text_type,
     audio_session_kwargs,
     beta_session,
     error_codes,
@@ -35,7 +36,7 @@ pytestmark = issue_9_xfail()
 @pytest.mark.regression(fails_on=(FORK_BEFORE,))
 async def test_trim_and_clear_remove_voice_turns(fake_azure: FakeAzureRealtimeServer) -> None:
     """Dropping the first voice turn from the context deletes it; an empty context deletes all."""
-    async with beta_session(fake_azure, **audio_session_kwargs()) as (sess, _):
+    async with beta_session(fake_azure, **audio_session_kwargs(fake_azure)) as (sess, _):
         local = agent_context(sess)
         user_1, reply_1 = await voice_turn(
             fake_azure, sess, local, "what time is it", AudioReply("It is noon.")
@@ -60,7 +61,7 @@ async def test_edited_voice_turn_replaced_on_server(
     fake_azure: FakeAzureRealtimeServer, role: Literal["user", "assistant"]
 ) -> None:
     """A transcribed turn or a reply whose text the agent redacts holds the new text remotely."""
-    async with beta_session(fake_azure, **audio_session_kwargs()) as (sess, _):
+    async with beta_session(fake_azure, **audio_session_kwargs(fake_azure)) as (sess, _):
         local = agent_context(sess, ("sys_1", "system", "TEST"))
         await sync(sess, local)
         user_id, reply_id = await voice_turn(
@@ -90,7 +91,7 @@ async def test_edited_voice_turn_replaced_on_server(
             i.id for i in edited.items if i is not edited.items[index]
         ]
         # the audio item made way for a text one at its position (same id, or a mapped one)
-        part_type = "input_text" if role == "user" else "text"
+        part_type = "input_text" if role == "user" else assistant_text_type(fake_azure)
         assert conv[index]["role"] == role
         assert conv[index]["content"] == [{"type": part_type, "text": redacted}]
 
@@ -103,7 +104,7 @@ async def test_server_function_call_not_recreated(fake_azure: FakeAzureRealtimeS
     view (``AgentActivity`` after a tool execution), then syncs its whole context at the next
     agent switch: only the output is ever created.
     """
-    async with beta_session(fake_azure, **audio_session_kwargs()) as (sess, _):
+    async with beta_session(fake_azure, **audio_session_kwargs(fake_azure)) as (sess, _):
         local = agent_context(sess, ("sys_1", "system", "TEST"))
         await sync(sess, local)
         call = FunctionCallReply("get_weather", {"city": "Paris"}, call_id="call_1")

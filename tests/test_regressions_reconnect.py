@@ -20,6 +20,7 @@ from sync_helpers import (
     FAST_S,
     FORK_BEFORE,
     agent_context,
+    assistant_text_type,
     audio_session_kwargs,
     beta_session,
     cancel_and_wait,
@@ -106,7 +107,9 @@ async def test_edit_during_drop_settles_promptly(fake_azure: FakeAzureRealtimeSe
             lambda: "hi there" in json.dumps(fake_azure.conversation), timeout=FAST_S
         )
         assert fake_azure.conversation_ids() == ["user_1", "asst_1", "user_2"]
-        assert fake_azure.conversation[1]["content"] == [{"type": "text", "text": "hi there"}]
+        assert fake_azure.conversation[1]["content"] == [
+            {"type": assistant_text_type(fake_azure), "text": "hi there"}
+        ]
 
 
 @pytest.mark.regression(fails_on=(FORK_BEFORE,))
@@ -117,7 +120,7 @@ async def test_truncated_reply_replayed_as_heard(fake_azure: FakeAzureRealtimeSe
     played), the user interrupts the playout, the agent truncates the reply and appends the
     text that was heard to its context, and a later sync (an agent switch) sends that context.
     """
-    async with beta_session(fake_azure, **audio_session_kwargs()) as (sess, _):
+    async with beta_session(fake_azure, **audio_session_kwargs(fake_azure)) as (sess, _):
         local = agent_context(sess)
         user_id, reply_id = await voice_turn(
             fake_azure,
@@ -151,5 +154,7 @@ async def test_truncated_reply_replayed_as_heard(fake_azure: FakeAzureRealtimeSe
         conv = fake_azure.conversation
         assert [i["role"] for i in conv] == ["user", "assistant"]
         assert conv[0]["id"] == user_id
-        assert conv[1]["content"] == [{"type": "text", "text": "First part."}]
+        assert conv[1]["content"] == [
+            {"type": assistant_text_type(fake_azure), "text": "First part."}
+        ]
         assert "Second part" not in json.dumps(conv)

@@ -69,6 +69,7 @@ from fake_azure import (
     Reply,
     TextReply,
     make_model,
+    session_options,
 )
 from hypothesis import HealthCheck, Phase, seed as hypothesis_seed, settings, strategies as st
 from hypothesis.stateful import (
@@ -78,7 +79,6 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from openai.types.beta.realtime.session import InputAudioTranscription
 
 from livekit.agents import llm
 from livekit.plugins.openai.realtime import realtime_model_beta as beta
@@ -186,7 +186,7 @@ class Harness:
         self.loop = asyncio.get_running_loop()
         self.model = make_model(
             server,
-            input_audio_transcription=InputAudioTranscription(model="whisper-1", language="en"),
+            **session_options(server.protocol, turn_detection=None),
         )
         self.session = self.model.session()
         self.local = llm.ChatContext.empty()

@@ -1,7 +1,7 @@
-"""Wire-level helpers of the fake server: ids, error payloads and schema checks.
+"""Protocol-neutral wire helpers of the fake server: ids, error payloads and schema checks.
 
-Shapes come from the typed models of ``openai.types.beta.realtime`` (the preview/"beta" protocol
-that Azure's ``/openai/realtime?api-version=2024-10-01-preview`` endpoint speaks).
+The protocol layers (``preview.py``, ``ga.py``) feed these their own typed models
+(``openai.types.beta.realtime`` resp. ``openai.types.realtime``).
 """
 
 from __future__ import annotations
@@ -11,108 +11,14 @@ import uuid
 from typing import Any, NamedTuple
 
 import pydantic
-from openai.types.beta.realtime import (
-    ConversationCreatedEvent,
-    ConversationItemCreatedEvent,
-    ConversationItemCreateEvent,
-    ConversationItemDeletedEvent,
-    ConversationItemDeleteEvent,
-    ConversationItemInputAudioTranscriptionCompletedEvent,
-    ConversationItemInputAudioTranscriptionDeltaEvent,
-    ConversationItemInputAudioTranscriptionFailedEvent,
-    ConversationItemRetrieveEvent,
-    ConversationItemTruncatedEvent,
-    ConversationItemTruncateEvent,
-    ErrorEvent,
-    InputAudioBufferAppendEvent,
-    InputAudioBufferClearedEvent,
-    InputAudioBufferClearEvent,
-    InputAudioBufferCommitEvent,
-    InputAudioBufferCommittedEvent,
-    InputAudioBufferSpeechStartedEvent,
-    InputAudioBufferSpeechStoppedEvent,
-    RateLimitsUpdatedEvent,
-    ResponseAudioDeltaEvent,
-    ResponseAudioDoneEvent,
-    ResponseAudioTranscriptDeltaEvent,
-    ResponseAudioTranscriptDoneEvent,
-    ResponseCancelEvent,
-    ResponseContentPartAddedEvent,
-    ResponseContentPartDoneEvent,
-    ResponseCreatedEvent,
-    ResponseCreateEvent,
-    ResponseDoneEvent,
-    ResponseFunctionCallArgumentsDeltaEvent,
-    ResponseFunctionCallArgumentsDoneEvent,
-    ResponseOutputItemAddedEvent,
-    ResponseOutputItemDoneEvent,
-    ResponseTextDeltaEvent,
-    ResponseTextDoneEvent,
-    SessionCreatedEvent,
-    SessionUpdatedEvent,
-    SessionUpdateEvent,
-)
-from openai.types.beta.realtime.realtime_server_event import ConversationItemRetrieved
-
 JsonDict = dict[str, Any]
 
 MAX_ITEM_ID_LENGTH = 32
 
-# Client events of the preview protocol. `output_audio_buffer.clear` (WebRTC only) and
-# `transcription_session.update` (transcription-only sessions) are not accepted on a
-# conversation websocket: treating them as unknown is a guess about Azure.
-CLIENT_EVENT_MODELS: dict[str, type[pydantic.BaseModel]] = {
-    "session.update": SessionUpdateEvent,
-    "input_audio_buffer.append": InputAudioBufferAppendEvent,
-    "input_audio_buffer.commit": InputAudioBufferCommitEvent,
-    "input_audio_buffer.clear": InputAudioBufferClearEvent,
-    "conversation.item.create": ConversationItemCreateEvent,
-    "conversation.item.delete": ConversationItemDeleteEvent,
-    "conversation.item.truncate": ConversationItemTruncateEvent,
-    "conversation.item.retrieve": ConversationItemRetrieveEvent,
-    "response.create": ResponseCreateEvent,
-    "response.cancel": ResponseCancelEvent,
-}
-
-SERVER_EVENT_MODELS: dict[str, type[pydantic.BaseModel]] = {
-    "conversation.created": ConversationCreatedEvent,
-    "conversation.item.created": ConversationItemCreatedEvent,
-    "conversation.item.deleted": ConversationItemDeletedEvent,
-    "conversation.item.input_audio_transcription.completed": (
-        ConversationItemInputAudioTranscriptionCompletedEvent
-    ),
-    "conversation.item.input_audio_transcription.delta": (
-        ConversationItemInputAudioTranscriptionDeltaEvent
-    ),
-    "conversation.item.input_audio_transcription.failed": (
-        ConversationItemInputAudioTranscriptionFailedEvent
-    ),
-    "conversation.item.retrieved": ConversationItemRetrieved,
-    "conversation.item.truncated": ConversationItemTruncatedEvent,
-    "error": ErrorEvent,
-    "input_audio_buffer.cleared": InputAudioBufferClearedEvent,
-    "input_audio_buffer.committed": InputAudioBufferCommittedEvent,
-    "input_audio_buffer.speech_started": InputAudioBufferSpeechStartedEvent,
-    "input_audio_buffer.speech_stopped": InputAudioBufferSpeechStoppedEvent,
-    "rate_limits.updated": RateLimitsUpdatedEvent,
-    "response.audio.delta": ResponseAudioDeltaEvent,
-    "response.audio.done": ResponseAudioDoneEvent,
-    "response.audio_transcript.delta": ResponseAudioTranscriptDeltaEvent,
-    "response.audio_transcript.done": ResponseAudioTranscriptDoneEvent,
-    "response.content_part.added": ResponseContentPartAddedEvent,
-    "response.content_part.done": ResponseContentPartDoneEvent,
-    "response.created": ResponseCreatedEvent,
-    "response.done": ResponseDoneEvent,
-    "response.function_call_arguments.delta": ResponseFunctionCallArgumentsDeltaEvent,
-    "response.function_call_arguments.done": ResponseFunctionCallArgumentsDoneEvent,
-    "response.output_item.added": ResponseOutputItemAddedEvent,
-    "response.output_item.done": ResponseOutputItemDoneEvent,
-    "response.text.delta": ResponseTextDeltaEvent,
-    "response.text.done": ResponseTextDoneEvent,
-    "session.created": SessionCreatedEvent,
-    "session.updated": SessionUpdatedEvent,
-}
-
+DEPLOYMENT_NOT_FOUND = (
+    "The API deployment for this resource does not exist. If you created the deployment within "
+    "the last 5 minutes, please wait a moment and try again."
+)
 
 class ErrorSpec(NamedTuple):
     """The ``error`` object of an error event, minus the echoed client ``event_id``."""
@@ -238,7 +144,11 @@ def _first_extra(model: pydantic.BaseModel, prefix: str) -> str | None:
 
 
 def schema_error(
-    model_cls: type[pydantic.BaseModel], data: JsonDict, *, reject_unknown: bool = True
+    model_cls: type[pydantic.BaseModel],
+    data: JsonDict,
+    *,
+    reject_unknown: bool = True,
+    prefix: str = "",
 ) -> ErrorSpec | None:
     """Check ``data`` against a typed client-event model.
 
@@ -252,31 +162,27 @@ def schema_error(
     except pydantic.ValidationError as e:
         err = e.errors()[0]
         param = _loc_to_param(tuple(err["loc"]))
+        if prefix:
+            param = f"{prefix}.{param}" if param else prefix
         if err["type"] == "missing":
             return missing_param(param)
         if err["type"] in ("literal_error", "enum"):
             return invalid_value(param, err.get("input"))
         return invalid_type(param, err["msg"].lower())
-    if reject_unknown and (extra := _first_extra(model, "")):
+    if reject_unknown and (extra := _first_extra(model, prefix)):
         return unknown_param(extra)
     return None
 
 
-def validate_server_event(event: JsonDict) -> pydantic.BaseModel:
-    """Strictly validate a server event against ``openai.types.beta.realtime``.
-
-    Besides ``model_validate`` this rejects unknown event types and fields the typed models do not
-    declare (the openai models silently accept extras), so the fake cannot drift from the shapes.
+def strict_validate(model_cls: type[pydantic.BaseModel], event: JsonDict) -> pydantic.BaseModel:
+    """``model_validate`` plus a check that no field is undeclared (the openai models allow extras).
 
     Raises:
-        ValueError: if the event is unknown, malformed or carries undeclared fields.
+        ValueError: if the event is malformed or carries undeclared fields.
     """
-    model_cls = SERVER_EVENT_MODELS.get(event.get("type", ""))
-    if model_cls is None:
-        raise ValueError(f"unknown server event type: {event.get('type')!r}")
     model = model_cls.model_validate(event)
     if extra := _first_extra(model, ""):
-        raise ValueError(f"{event['type']}: undeclared field {extra!r}")
+        raise ValueError(f"{event.get('type')}: undeclared field {extra!r}")
     return model
 
 
@@ -292,3 +198,91 @@ def error_event(spec: ErrorSpec, client_event_id: str | None) -> JsonDict:
             "event_id": client_event_id,
         },
     }
+
+
+# --- the protocol layer interface -----------------------------------------------------------
+
+
+class HttpError(NamedTuple):
+    """A rejected websocket handshake: HTTP status and the ``error`` body's code and message."""
+
+    status: int
+    code: str
+    message: str
+
+
+class WireProtocol:
+    """What a protocol layer tells the protocol-neutral engine (``server.py``).
+
+    The engine speaks in *neutral* events: the preview protocol's event names and fields, with
+    items in the stored shape of ``conversation.py``, plus two item stages
+    ``conversation.item.added`` / ``conversation.item.done`` (an item entered the conversation /
+    is final). :meth:`translate` turns one neutral event into the events this protocol sends.
+    Sessions are kept in the protocol's own wire shape; the engine reads them only through the
+    accessors below.
+    """
+
+    name: str
+    path: str
+    """The route of the realtime websocket."""
+    client_models: dict[str, type[pydantic.BaseModel]]
+    """Typed model of every client event type this protocol accepts."""
+    server_models: dict[str, type[pydantic.BaseModel]]
+    allowed_content: dict[str, list[str]]
+    """Per message role, the content part types a client may create (wire names)."""
+    to_neutral: dict[str, str]
+    """Wire content part type -> stored type."""
+
+    def handshake_error(self, query: dict[str, str], headers: Any, deployment: str) -> HttpError | None:
+        raise NotImplementedError
+
+    def ws_url(self, base: str, deployment: str, /, **query: str | None) -> str:
+        raise NotImplementedError
+
+    def default_session(self) -> JsonDict:
+        raise NotImplementedError
+
+    def apply_session_update(
+        self, session: JsonDict, ev: JsonDict, reject_unknown: bool
+    ) -> ErrorSpec | None:
+        """Validate a ``session.update`` and merge it into ``session`` (unchanged on error)."""
+        raise NotImplementedError
+
+    def check_event(self, ev: JsonDict, reject_unknown: bool) -> ErrorSpec | None:
+        """Schema check of any client event but ``session.update``."""
+        raise NotImplementedError
+
+    def turn_detection(self, session: JsonDict) -> JsonDict | None:
+        raise NotImplementedError
+
+    def transcription_on(self, session: JsonDict) -> bool:
+        raise NotImplementedError
+
+    def output_modalities(self, session: JsonDict) -> list[str]:
+        raise NotImplementedError
+
+    def bytes_per_ms(self, session: JsonDict) -> int:
+        raise NotImplementedError
+
+    def response_params(self, params: JsonDict) -> tuple[list[str] | None, bool]:
+        """``(modalities or None, out_of_band)`` of a ``response.create``'s ``response``."""
+        raise NotImplementedError
+
+    def render_item(self, item: JsonDict) -> JsonDict:
+        """A stored item in this protocol's server shape (a copy)."""
+        raise NotImplementedError
+
+    def translate(self, event_type: str, fields: JsonDict) -> list[tuple[str, JsonDict]]:
+        """The ``(type, fields)`` of the events to send for one neutral event."""
+        raise NotImplementedError
+
+    def validate_server_event(self, event: JsonDict) -> pydantic.BaseModel:
+        """Strictly validate a sent event against this protocol's server event models.
+
+        Raises:
+            ValueError: if the event is unknown, malformed or carries undeclared fields.
+        """
+        model_cls = self.server_models.get(event.get("type", ""))
+        if model_cls is None:
+            raise ValueError(f"unknown {self.name} server event type: {event.get('type')!r}")
+        return strict_validate(model_cls, event)

@@ -1,7 +1,11 @@
-"""A strict fake of Azure OpenAI's Realtime websocket (preview/"beta" protocol).
+"""A strict fake of Azure OpenAI's Realtime websocket: the protocol-neutral engine.
 
-The server listens on 127.0.0.1 only, serves Azure's route
-``GET /openai/realtime?api-version=...&deployment=...`` and keeps one authoritative, ordered
+The server listens on 127.0.0.1 only and speaks one of Azure's two realtime protocols on its
+real route: ``protocol="preview"`` (``GET /openai/realtime?api-version=...&deployment=...``,
+``preview.py``) or ``protocol="ga"`` (``GET /openai/v1/realtime?model=...``, ``ga.py``). This
+module holds what both share: connections, the conversation of each (``conversation.py``),
+scripted replies, audio turns, rejections and drops. It emits neutral events that the protocol
+layer translates into its own names and shapes, and it keeps one authoritative, ordered
 conversation per websocket connection. Client events are processed strictly in order and
 validated with the error codes the real service uses; every guess about Azure's behaviour is
 marked "guess" (or "inferred") in a comment. Tests drive server-side turns (user speech, scripted
@@ -11,8 +15,8 @@ responses, network drops, injected rejections) through the async methods of
 Observed on Azure (from a user's report): ``missing_required_parameter`` on ``item.type`` and
 ``item_create_invalid_previous_item_id`` with their messages, ``empty_array`` on
 ``item.content``, error events echoing the client ``event_id``, client item ids of at most 32
-characters, in-order processing. Event shapes and sequences follow ``openai.types.beta.realtime``
-and OpenAI's documented event order; that Azure's preview emits exactly these is assumed.
+characters, in-order processing. Event shapes and sequences follow the protocol's openai types
+and OpenAI's documented event order; that Azure emits exactly these is assumed.
 """
 
 from __future__ import annotations
@@ -30,8 +34,10 @@ from typing import Any
 from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp.test_utils import TestServer
 
-from . import protocol as p
+from . import conversation as c, protocol as p
 from .conversation import Conversation, JsonDict
+from .ga import GaProtocol
+from .preview import DEFAULT_API_VERSION, PreviewProtocol
 from .script import (
     AudioReply,
     FunctionCallReply,
@@ -42,25 +48,15 @@ from .script import (
     split_text,
 )
 
+__all__ = ["DEFAULT_API_VERSION", "FakeAzureRealtimeServer"]
+
 DEFAULT_API_KEY = "fake-azure-api-key"
 DEFAULT_DEPLOYMENT = "gpt-4o-realtime-preview"
-DEFAULT_API_VERSION = "2024-10-01-preview"
-SESSION_MODEL = "gpt-4o-realtime-preview-2024-10-01"
+PROTOCOLS = ("preview", "ga")
 
 # Guess: Azure documents no frame limit; OpenAI's is around 15 MiB. Large enough for the
 # base64 `input_audio` parts a client may send when restoring a chat context.
 MAX_MESSAGE_SIZE = 15 * 1024 * 1024
-
-# bytes of input audio per millisecond, per `input_audio_format`
-_BYTES_PER_MS = {"pcm16": 48, "g711_ulaw": 8, "g711_alaw": 8}
-
-# Which content part types a client may send per message role (OpenAI's documented rules;
-# Azure is assumed to apply the same ones).
-_ALLOWED_CONTENT = {
-    "system": ["input_text"],
-    "user": ["input_text", "input_audio"],
-    "assistant": ["text"],
-}
 
 Predicate = Callable[[JsonDict], bool]
 
@@ -143,12 +139,14 @@ class _ActiveResponse:
 
 
 class _Connection:
-    def __init__(self, index: int, ws: web.WebSocketResponse, request: web.Request) -> None:
+    def __init__(
+        self, index: int, ws: web.WebSocketResponse, request: web.Request, session: JsonDict
+    ) -> None:
         self.index = index
         self.ws = ws
         self.request = request
         self.conversation = Conversation()
-        self.session: JsonDict = _default_session()
+        self.session: JsonDict = session
         self.audio_buffer_bytes = 0
         self.audio_clock_ms = 0
         self.assistant_audio_ms: dict[str, int] = {}
@@ -157,70 +155,48 @@ class _Connection:
         self.closed = False
         self.finished = asyncio.Event()
 
-    @property
-    def bytes_per_ms(self) -> int:
-        return _BYTES_PER_MS.get(self.session.get("input_audio_format") or "pcm16", 48)
-
-
-def _default_session() -> JsonDict:
-    # Guess: the defaults Azure reports in `session.created` for a preview deployment (OpenAI's
-    # documented defaults; the real instructions are a long default system prompt).
-    return {
-        "id": p.new_session_id(),
-        "model": SESSION_MODEL,
-        "modalities": ["text", "audio"],
-        "instructions": "You are a helpful assistant (fake Azure default instructions).",
-        "voice": "alloy",
-        "input_audio_format": "pcm16",
-        "output_audio_format": "pcm16",
-        "input_audio_transcription": None,
-        "turn_detection": {
-            "type": "server_vad",
-            "threshold": 0.5,
-            "prefix_padding_ms": 300,
-            "silence_duration_ms": 200,
-            "create_response": True,
-            "interrupt_response": True,
-        },
-        "tools": [],
-        "tool_choice": "auto",
-        "temperature": 0.8,
-        "max_response_output_tokens": "inf",
-    }
-
-
-def _copy_item(item: JsonDict) -> JsonDict:
-    """Snapshot of a stored item for an outgoing event (stored items mutate later)."""
-    out = dict(item)
-    if "content" in out:
-        out["content"] = [dict(c) for c in out["content"]]
-    return out
 
 
 class FakeAzureRealtimeServer:
     """Fake Azure OpenAI Realtime server, see the module docstring.
 
     Args:
-        api_key: key expected in the ``api-key`` header (or as ``Authorization: Bearer``).
+        protocol: ``"preview"`` or ``"ga"`` (or a protocol layer instance): the protocol and
+            route the server speaks. A request on the other protocol's route gets a 404.
+        legacy_event_names: GA only, see ``GaProtocol``.
+        api_key: key expected in the ``api-key`` header (or as ``Authorization: Bearer``, an
+            Entra token).
         deployment: the only deployment name that exists.
         enforce_function_call_output_call_id: reject a ``function_call_output`` whose
             ``call_id`` matches no ``function_call`` in the conversation. Guess: OpenAI documents
             this check, unknown whether Azure's preview enforces it; hence switchable.
         reject_unknown_parameters: reject client fields the typed models do not declare with
             ``unknown_parameter`` (OpenAI does; assumed for Azure).
-        validate_outgoing: validate every server event against ``openai.types.beta.realtime``
+        validate_outgoing: validate every server event against the protocol's openai types
             before sending it (raises in the server on a mismatch; for debugging the fake).
     """
 
     def __init__(
         self,
         *,
+        protocol: str | p.WireProtocol = "preview",
+        legacy_event_names: bool = False,
         api_key: str = DEFAULT_API_KEY,
         deployment: str = DEFAULT_DEPLOYMENT,
         enforce_function_call_output_call_id: bool = True,
         reject_unknown_parameters: bool = True,
         validate_outgoing: bool = False,
     ) -> None:
+        if isinstance(protocol, p.WireProtocol):
+            self.wire: p.WireProtocol = protocol
+        elif protocol == "preview":
+            if legacy_event_names:
+                raise ValueError("legacy_event_names is a GA option")
+            self.wire = PreviewProtocol()
+        elif protocol == "ga":
+            self.wire = GaProtocol(legacy_event_names=legacy_event_names)
+        else:
+            raise ValueError(f"unknown protocol {protocol!r}, expected one of {PROTOCOLS}")
         self.api_key = api_key
         self.deployment = deployment
         self.enforce_function_call_output_call_id = enforce_function_call_output_call_id
@@ -267,7 +243,10 @@ class FakeAzureRealtimeServer:
     async def start(self) -> None:
         """Start listening on 127.0.0.1 with an ephemeral port."""
         app = web.Application()
-        app.router.add_get("/openai/realtime", self._handle_realtime)
+        app.router.add_get(self.wire.path, self._handle_realtime)
+        for other in (PreviewProtocol.path, GaProtocol.path):
+            if other != self.wire.path:
+                app.router.add_get(other, self._handle_other_protocol)
         self._test_server = TestServer(app, host="127.0.0.1", port=None)
         await self._test_server.start_server()
 
@@ -301,24 +280,29 @@ class FakeAzureRealtimeServer:
         """The ``azure_endpoint`` to give the client, e.g. ``http://127.0.0.1:PORT``."""
         return f"http://127.0.0.1:{self.port}"
 
-    def ws_url(
-        self, *, api_version: str | None = DEFAULT_API_VERSION, deployment: str | None = None
-    ) -> str:
-        """Websocket URL of the realtime route (for raw clients); ``None`` omits a parameter."""
-        query = []
-        if api_version is not None:
-            query.append(f"api-version={api_version}")
-        dep = self.deployment if deployment is None else deployment
-        if dep:
-            query.append(f"deployment={dep}")
-        return f"ws://127.0.0.1:{self.port}/openai/realtime?{'&'.join(query)}"
+    @property
+    def protocol(self) -> str:
+        """``"preview"`` or ``"ga"``."""
+        return self.wire.name
+
+    def ws_url(self, **query: str | None) -> str:
+        """Websocket URL of the realtime route (for raw clients).
+
+        Preview: ``api_version`` (default :data:`DEFAULT_API_VERSION`) and ``deployment``
+        (default the server's); GA: ``model`` (default the server's deployment). ``None`` or
+        ``""`` omits a parameter; other keywords are added to the query as they are.
+        """
+        return self.wire.ws_url(f"ws://127.0.0.1:{self.port}", self.deployment, **query)
 
     # ------------------------------------------------------------------ inspection
 
     @property
     def conversation(self) -> list[JsonDict]:
-        """Items of the most recent connection's conversation, in order (live or ended)."""
-        return self._conns[-1].conversation.items() if self._conns else []
+        """Items of the most recent connection's conversation, in order (live or ended), in the
+        protocol's server shape (GA assistant content: ``output_text`` / ``output_audio``)."""
+        if not self._conns:
+            return []
+        return [self.wire.render_item(i) for i in self._conns[-1].conversation]
 
     def conversation_ids(self) -> list[str]:
         """Item ids of :attr:`conversation`, in order."""
@@ -467,7 +451,7 @@ class FakeAzureRealtimeServer:
             the id of the user item.
         """
         conn = self._current()
-        td = conn.session.get("turn_detection")
+        td = self.wire.turn_detection(conn.session)
         # Guess: an absent create_response/interrupt_response means on (OpenAI's default).
         if conn.active is not None and td and td.get("interrupt_response", True):
             await self._cancel_response(conn, "turn_detected")
@@ -495,7 +479,7 @@ class FakeAzureRealtimeServer:
         await self._commit_user_audio(conn, item_id)
 
         waits: list[asyncio.Task[None]] = []
-        if transcript is not None and conn.session.get("input_audio_transcription"):
+        if transcript is not None and self.wire.transcription_on(conn.session):
             waits.append(
                 self._spawn(conn, self._transcribe(conn, item_id, transcript, transcript_delay))
             )
@@ -528,29 +512,17 @@ class FakeAzureRealtimeServer:
                 "to provide a valid key for an active subscription and use a correct regional "
                 "API endpoint for your resource.",
             )
-        if not request.query.get("api-version"):
-            # Guess: Azure answers 404 "Resource not found" for an absent api-version
-            return self._http_error(404, "404", "Resource not found")
-        deployment = request.query.get("deployment")
-        if not deployment:
-            # Guess: 400 for a realtime request that names no deployment
-            return self._http_error(
-                400, "BadRequest", "Missing required query parameter: 'deployment'."
-            )
-        if deployment != self.deployment:
-            return self._http_error(
-                404,
-                "DeploymentNotFound",
-                "The API deployment for this resource does not exist. If you created the "
-                "deployment within the last 5 minutes, please wait a moment and try again.",
-            )
+        if rejected := self.wire.handshake_error(
+            dict(request.query), request.headers, self.deployment
+        ):
+            return self._http_error(*rejected)
 
         ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE_SIZE, compress=False, timeout=1.0)
         if not ws.can_prepare(request).ok:
             return self._http_error(400, "BadRequest", "Expected a websocket upgrade request.")
         await ws.prepare(request)
 
-        conn = _Connection(len(self._conns), ws, request)
+        conn = _Connection(len(self._conns), ws, request, self.wire.default_session())
         self._conns.append(conn)
         self._live.append(conn)
         self.connections += 1
@@ -581,6 +553,10 @@ class FakeAzureRealtimeServer:
             await self._end_connection(conn)
         return ws
 
+    async def _handle_other_protocol(self, request: web.Request) -> web.StreamResponse:
+        # Guess: a deployment of one protocol is not served on the other protocol's route
+        return self._http_error(404, "404", "Resource not found")
+
     def _http_error(self, status: int, code: str, message: str) -> web.Response:
         self.handshake_failures.append(status)
         self._notify()
@@ -596,7 +572,7 @@ class FakeAzureRealtimeServer:
             await asyncio.wait(tasks)
         if conn in self._live:
             self._live.remove(conn)
-        self.ended_conversations.append(conn.conversation.items())
+        self.ended_conversations.append([self.wire.render_item(i) for i in conn.conversation])
         conn.finished.set()
         self._notify()
 
@@ -615,14 +591,15 @@ class FakeAzureRealtimeServer:
         return task
 
     async def _emit(self, conn: _Connection, event_type: str, fields: JsonDict) -> None:
-        """Send a server event of ``event_type`` with a new event id and ``fields``."""
-        await self._send(conn, {"type": event_type, "event_id": p.new_event_id(), **fields})
+        """Send the protocol's events for the neutral event ``event_type`` with ``fields``."""
+        for wire_type, wire_fields in self.wire.translate(event_type, fields):
+            await self._send(conn, {"type": wire_type, "event_id": p.new_event_id(), **wire_fields})
 
     async def _send(self, conn: _Connection, event: JsonDict) -> None:
         if conn.closed or conn.ws.closed:
             return
         if self.validate_outgoing:
-            p.validate_server_event(event)
+            self.wire.validate_server_event(event)
         self.sent.append(SentEvent(conn.index, event))
         try:
             await conn.ws.send_str(json.dumps(event))
@@ -700,39 +677,13 @@ class FakeAzureRealtimeServer:
     # ------------------------------------------------------------------ session / audio
 
     async def _on_session_update(self, conn: _Connection, ev: JsonDict) -> p.ErrorSpec | None:
-        session = ev.get("session")
-        if isinstance(session, dict):
-            # Guess: Azure picks the model from the deployment and ignores `session.model`;
-            # `client_secret` only concerns ephemeral-token sessions (not on this route).
-            ev = {**ev, "session": {k: v for k, v in session.items() if k != "model"}}
-        spec = p.schema_error(
-            p.CLIENT_EVENT_MODELS["session.update"],
-            ev,
-            reject_unknown=self.reject_unknown_parameters,
-        )
-        if spec:
+        if spec := self.wire.apply_session_update(conn.session, ev, self.reject_unknown_parameters):
             return spec
-        for key, value in ev["session"].items():
-            if key == "client_secret":
-                continue
-            # Guess: objects (turn_detection, input_audio_transcription...) are replaced as a
-            # whole, `null` turns a feature off.
-            conn.session[key] = value
-        await self._emit(
-            conn,
-            "session.updated",
-            {
-                "session": dict(conn.session),
-            },
-        )
+        await self._emit(conn, "session.updated", {"session": dict(conn.session)})
         return None
 
     async def _on_audio_append(self, conn: _Connection, ev: JsonDict) -> p.ErrorSpec | None:
-        if spec := p.schema_error(
-            p.CLIENT_EVENT_MODELS["input_audio_buffer.append"],
-            ev,
-            reject_unknown=self.reject_unknown_parameters,
-        ):
+        if spec := self.wire.check_event(ev, self.reject_unknown_parameters):
             return spec
         try:
             n = len(base64.b64decode(ev["audio"], validate=True))
@@ -740,19 +691,15 @@ class FakeAzureRealtimeServer:
             # Guess: code and wording for non-base64 audio
             return p.ErrorSpec("invalid_value", "Invalid 'audio': expected base64 data.", "audio")
         conn.audio_buffer_bytes += n
-        conn.audio_clock_ms += n // conn.bytes_per_ms
+        conn.audio_clock_ms += n // self.wire.bytes_per_ms(conn.session)
         # Note: the fake does not run VAD on appended audio; speech turns are scripted with
         # `user_audio_turn`.
         return None
 
     async def _on_audio_commit(self, conn: _Connection, ev: JsonDict) -> p.ErrorSpec | None:
-        if spec := p.schema_error(
-            p.CLIENT_EVENT_MODELS["input_audio_buffer.commit"],
-            ev,
-            reject_unknown=self.reject_unknown_parameters,
-        ):
+        if spec := self.wire.check_event(ev, self.reject_unknown_parameters):
             return spec
-        buffered_ms = conn.audio_buffer_bytes / conn.bytes_per_ms
+        buffered_ms = conn.audio_buffer_bytes / self.wire.bytes_per_ms(conn.session)
         if buffered_ms < 100:
             # code and wording as OpenAI sends them (believed identical on Azure)
             return p.ErrorSpec(
@@ -767,11 +714,7 @@ class FakeAzureRealtimeServer:
         return None
 
     async def _on_audio_clear(self, conn: _Connection, ev: JsonDict) -> p.ErrorSpec | None:
-        if spec := p.schema_error(
-            p.CLIENT_EVENT_MODELS["input_audio_buffer.clear"],
-            ev,
-            reject_unknown=self.reject_unknown_parameters,
-        ):
+        if spec := self.wire.check_event(ev, self.reject_unknown_parameters):
             return spec
         conn.audio_buffer_bytes = 0
         await self._emit(conn, "input_audio_buffer.cleared", {})
@@ -795,14 +738,21 @@ class FakeAzureRealtimeServer:
                 "previous_item_id": previous,
             },
         )
-        await self._emit(
-            conn,
-            "conversation.item.created",
-            {
-                "previous_item_id": previous,
-                "item": _copy_item(item),
-            },
-        )
+        await self._item_stages(conn, item, "conversation.item.added", "conversation.item.done")
+
+    async def _item_stages(self, conn: _Connection, item: JsonDict, *stages: str) -> None:
+        """Announce ``item`` (stored in the conversation) at the neutral ``stages``.
+
+        Preview: ``conversation.item.created`` for the "added" stage. GA:
+        ``conversation.item.added`` (the item as added) and ``conversation.item.done`` (the
+        final item). Guess: for user audio and client creates both come at once, the audio
+        item's transcript following in ``...input_audio_transcription.completed``.
+        """
+        for stage in stages:
+            previous = (
+                conn.conversation.previous_id(item["id"]) if item["id"] in conn.conversation else None
+            )
+            await self._emit(conn, stage, {"previous_item_id": previous, "item": c.copy_item(item)})
 
     async def _transcribe(
         self, conn: _Connection, item_id: str, transcript: str, delay: float
@@ -826,109 +776,20 @@ class FakeAzureRealtimeServer:
 
     # ------------------------------------------------------------------ conversation items
 
-    def _check_item_create(
-        self, conv: Conversation, ev: JsonDict
-    ) -> p.ErrorSpec | tuple[JsonDict, str | None]:
-        """Validate a ``conversation.item.create``; return an error or (item, previous id)."""
-        item = ev.get("item")
-        if item is None:
-            return p.missing_param("item")
-        if not isinstance(item, dict):
-            return p.invalid_type("item", "expected an object")  # guess
-        # 1. the error the user saw on Azure (real code, message and param)
-        if item.get("type") is None:
-            return p.missing_param("item.type")
-        # 2. client-chosen ids are limited to 32 characters (code inferred)
-        item_id = item.get("id")
-        if isinstance(item_id, str) and len(item_id) > p.MAX_ITEM_ID_LENGTH:
-            return p.string_too_long("item.id", len(item_id), p.MAX_ITEM_ID_LENGTH)
-        # types, literals and unknown fields (OpenAI's schema errors; assumed for Azure)
-        if spec := p.schema_error(
-            p.CLIENT_EVENT_MODELS["conversation.item.create"],
-            ev,
-            reject_unknown=self.reject_unknown_parameters,
-        ):
-            return spec
-        # 3. duplicate id: code and message are a guess modelled on the known
-        #    `item_create_invalid_previous_item_id` one
-        if item_id is not None and item_id in conv:
-            return p.ErrorSpec(
-                "item_create_duplicate_id",
-                f"Error adding item: the item with id '{item_id}' already exists.",
-                "item.id",
-            )
-        # 4. unknown previous item (real code and message; param is a guess)
-        previous = ev.get("previous_item_id")
-        if previous is not None and previous != "root" and previous not in conv:
-            return p.ErrorSpec(
-                "item_create_invalid_previous_item_id",
-                f"Error adding item: the previous item with id '{previous}' does not exist.",
-                "previous_item_id",
-            )
-
-        # Guess: every created item is echoed with status "completed" (also
-        # function_call_output, for which OpenAI's examples are inconsistent).
-        out: JsonDict = {
-            "id": item_id if item_id is not None else p.new_item_id(),
-            "object": "realtime.item",
-            "type": item["type"],
-            "status": "completed",
-        }
-        if item["type"] == "message":
-            role = item.get("role")
-            if role is None:
-                return p.missing_param("item.role")  # guess
-            # 5. empty or absent content (real code `empty_array`, param `item.content`)
-            content = item.get("content")
-            if not content:
-                return p.empty_array("item.content")
-            parts: list[JsonDict] = []
-            allowed = _ALLOWED_CONTENT[role]
-            for i, part in enumerate(content):
-                ptype = part.get("type")
-                if ptype is None:
-                    return p.missing_param(f"item.content[{i}].type")  # guess
-                # 6. content type per role: `invalid_value` on item.content[i].type is inferred
-                if ptype not in allowed:
-                    return p.invalid_value(f"item.content[{i}].type", ptype, allowed)
-                if ptype in ("input_text", "text"):
-                    if part.get("text") is None:
-                        return p.missing_param(f"item.content[{i}].text")  # guess
-                    parts.append({"type": ptype, "text": part["text"]})
-                else:  # input_audio
-                    if part.get("audio") is None:
-                        return p.missing_param(f"item.content[{i}].audio")  # guess
-                    # the base64 audio is deliberately not echoed back (guess: nor does Azure)
-                    parts.append({"type": "input_audio", "transcript": part.get("transcript")})
-            out["role"] = role
-            out["content"] = parts
-        elif item["type"] == "function_call":
-            # 7. required fields of a function call (missing_required_parameter; guess)
-            for key in ("call_id", "name", "arguments"):
-                if item.get(key) is None:
-                    return p.missing_param(f"item.{key}")
-            out.update(call_id=item["call_id"], name=item["name"], arguments=item["arguments"])
-        else:  # function_call_output (the schema check restricted the type literal)
-            for key in ("call_id", "output"):
-                if item.get(key) is None:
-                    return p.missing_param(f"item.{key}")
-            # 8. OpenAI documents that the server checks the call_id exists; whether Azure's
-            #    preview does, and this code/message, are guesses (switchable).
-            if self.enforce_function_call_output_call_id and not conv.has_function_call(
-                item["call_id"]
-            ):
-                return p.ErrorSpec(
-                    "invalid_function_call_output",
-                    "Error adding item: no function call with call_id "
-                    f"'{item['call_id']}' exists in the conversation.",
-                    "item.call_id",
-                )
-            out.update(call_id=item["call_id"], output=item["output"])
-        return out, previous
-
     async def _on_item_create(self, conn: _Connection, ev: JsonDict) -> p.ErrorSpec | None:
         conv = conn.conversation
-        checked = self._check_item_create(conv, ev)
+        if spec := c.precheck_create(ev):
+            return spec
+        # types, literals and unknown fields (OpenAI's schema errors; assumed for Azure)
+        if spec := self.wire.check_event(ev, self.reject_unknown_parameters):
+            return spec
+        checked = c.check_create(
+            conv,
+            ev,
+            allowed_content=self.wire.allowed_content,
+            to_neutral=self.wire.to_neutral,
+            enforce_function_call_output_call_id=self.enforce_function_call_output_call_id,
+        )
         if isinstance(checked, p.ErrorSpec):
             return checked
         item, previous = checked
@@ -939,22 +800,11 @@ class FakeAzureRealtimeServer:
             previous = None
         else:
             conv.insert_after(previous, item)
-        await self._emit(
-            conn,
-            "conversation.item.created",
-            {
-                "previous_item_id": previous,
-                "item": _copy_item(item),
-            },
-        )
+        await self._item_stages(conn, item, "conversation.item.added", "conversation.item.done")
         return None
 
     async def _on_item_delete(self, conn: _Connection, ev: JsonDict) -> p.ErrorSpec | None:
-        if spec := p.schema_error(
-            p.CLIENT_EVENT_MODELS["conversation.item.delete"],
-            ev,
-            reject_unknown=self.reject_unknown_parameters,
-        ):
+        if spec := self.wire.check_event(ev, self.reject_unknown_parameters):
             return spec
         item_id = ev["item_id"]
         if item_id not in conn.conversation:
@@ -970,11 +820,7 @@ class FakeAzureRealtimeServer:
         return None
 
     async def _on_item_truncate(self, conn: _Connection, ev: JsonDict) -> p.ErrorSpec | None:
-        if spec := p.schema_error(
-            p.CLIENT_EVENT_MODELS["conversation.item.truncate"],
-            ev,
-            reject_unknown=self.reject_unknown_parameters,
-        ):
+        if spec := self.wire.check_event(ev, self.reject_unknown_parameters):
             return spec
         item_id, content_index, end_ms = ev["item_id"], ev["content_index"], ev["audio_end_ms"]
         item = conn.conversation.get(item_id)
@@ -1020,11 +866,7 @@ class FakeAzureRealtimeServer:
         return None
 
     async def _on_item_retrieve(self, conn: _Connection, ev: JsonDict) -> p.ErrorSpec | None:
-        if spec := p.schema_error(
-            p.CLIENT_EVENT_MODELS["conversation.item.retrieve"],
-            ev,
-            reject_unknown=self.reject_unknown_parameters,
-        ):
+        if spec := self.wire.check_event(ev, self.reject_unknown_parameters):
             return spec
         item = conn.conversation.get(ev["item_id"])
         if item is None:
@@ -1038,7 +880,7 @@ class FakeAzureRealtimeServer:
             conn,
             "conversation.item.retrieved",
             {
-                "item": _copy_item(item),
+                "item": c.copy_item(item),
             },
         )
         return None
@@ -1046,11 +888,7 @@ class FakeAzureRealtimeServer:
     # ------------------------------------------------------------------ responses
 
     async def _on_response_create(self, conn: _Connection, ev: JsonDict) -> p.ErrorSpec | None:
-        if spec := p.schema_error(
-            p.CLIENT_EVENT_MODELS["response.create"],
-            ev,
-            reject_unknown=self.reject_unknown_parameters,
-        ):
+        if spec := self.wire.check_event(ev, self.reject_unknown_parameters):
             return spec
         if conn.active is not None:
             # OpenAI's code and wording (believed identical on Azure)
@@ -1065,11 +903,7 @@ class FakeAzureRealtimeServer:
         return None
 
     async def _on_response_cancel(self, conn: _Connection, ev: JsonDict) -> p.ErrorSpec | None:
-        if spec := p.schema_error(
-            p.CLIENT_EVENT_MODELS["response.cancel"],
-            ev,
-            reject_unknown=self.reject_unknown_parameters,
-        ):
+        if spec := self.wire.check_event(ev, self.reject_unknown_parameters):
             return spec
         rid = ev.get("response_id")
         if conn.active is None or (rid is not None and rid != conn.active.response["id"]):
@@ -1093,7 +927,8 @@ class FakeAzureRealtimeServer:
         self, conn: _Connection, params: JsonDict | None, metadata: Any
     ) -> _ActiveResponse | None:
         params = params or {}
-        modalities = params.get("modalities") or conn.session.get("modalities") or ["text"]
+        wanted, out_of_band = self.wire.response_params(params)
+        modalities = wanted or self.wire.output_modalities(conn.session)
         plan = self._next_plan(modalities)
         response: JsonDict = {
             "id": p.new_response_id(),
@@ -1107,9 +942,7 @@ class FakeAzureRealtimeServer:
         }
         # Guess: `conversation: "none"` (out-of-band) responses are not stored; other
         # `response.create` options (instructions, tools, input) only affect generation.
-        active = _ActiveResponse(
-            response=response, out_of_band=params.get("conversation") == "none"
-        )
+        active = _ActiveResponse(response=response, out_of_band=out_of_band)
         conn.active = active
         await self._emit(conn, "response.created", {"response": dict(response)})
         if active.cancelled or conn.closed:
@@ -1167,7 +1000,7 @@ class FakeAzureRealtimeServer:
         response.update(
             status=status,
             status_details=details,
-            output=[_copy_item(i) for i in active.output],
+            output=[c.copy_item(i) for i in active.output],
             usage=usage,
         )
         self.responses.append(response)
@@ -1193,9 +1026,11 @@ class FakeAzureRealtimeServer:
                 {
                     "response_id": active.response["id"],
                     "output_index": len(active.output) - 1,
-                    "item": _copy_item(item),
+                    "item": c.copy_item(item),
                 },
             )
+            if not active.out_of_band:
+                await self._item_stages(conn, item, "conversation.item.done")
         await self._finish_response(
             conn, active, "cancelled", {"type": "cancelled", "reason": reason}, None
         )
@@ -1213,19 +1048,12 @@ class FakeAzureRealtimeServer:
             {
                 "response_id": rid,
                 "output_index": index,
-                "item": _copy_item(item),
+                "item": c.copy_item(item),
             },
         )
         if not active.out_of_band:
-            previous = conn.conversation.append(item)
-            await self._emit(
-                conn,
-                "conversation.item.created",
-                {
-                    "previous_item_id": previous,
-                    "item": _copy_item(item),
-                },
-            )
+            conn.conversation.append(item)
+            await self._item_stages(conn, item, "conversation.item.added")
         return index
 
     async def _close_output_item(
@@ -1239,9 +1067,11 @@ class FakeAzureRealtimeServer:
             {
                 "response_id": active.response["id"],
                 "output_index": index,
-                "item": _copy_item(item),
+                "item": c.copy_item(item),
             },
         )
+        if not active.out_of_band:
+            await self._item_stages(conn, item, "conversation.item.done")
 
     async def _play_message(
         self, conn: _Connection, active: _ActiveResponse, reply: TextReply | AudioReply
@@ -1329,6 +1159,7 @@ class FakeAzureRealtimeServer:
         key: str,
         text: str,
         chunk_delay: float,
+        done_fields: JsonDict | None = None,
     ) -> None:
         """Stream ``text`` as ``<event_prefix>.delta`` events, then ``<event_prefix>.done``.
 
@@ -1340,7 +1171,7 @@ class FakeAzureRealtimeServer:
             await self._emit(conn, f"{event_prefix}.delta", {**ids, "delta": delta})
             if chunk_delay:
                 await asyncio.sleep(chunk_delay)
-        await self._emit(conn, f"{event_prefix}.done", {**ids, key: text})
+        await self._emit(conn, f"{event_prefix}.done", {**ids, **(done_fields or {}), key: text})
 
     async def _play_function_call(
         self, conn: _Connection, active: _ActiveResponse, reply: FunctionCallReply
@@ -1371,5 +1202,7 @@ class FakeAzureRealtimeServer:
             "arguments",
             arguments,
             reply.chunk_delay,
+            # GA's done event carries the function name (the preview layer drops it)
+            done_fields={"name": reply.name},
         )
         await self._close_output_item(conn, active, index, item)
