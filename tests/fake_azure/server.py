@@ -156,7 +156,6 @@ class _Connection:
         self.finished = asyncio.Event()
 
 
-
 class FakeAzureRealtimeServer:
     """Fake Azure OpenAI Realtime server, see the module docstring.
 
@@ -221,6 +220,7 @@ class FakeAzureRealtimeServer:
         self._live: list[_Connection] = []
         self._script: deque[tuple[Reply, ...]] = deque()
         self._rejections: list[Rejection] = []
+        self._drop_when: Callable[[int, JsonDict], bool] | None = None
         self._received_counts: dict[str, int] = {}
         self._waiters: set[asyncio.Future[None]] = set()
         self._test_server: TestServer | None = None
@@ -412,6 +412,18 @@ class FakeAzureRealtimeServer:
         self._rejections.append(rej)
         return rej
 
+    def drop_when(self, match: Callable[[int, JsonDict], bool]) -> None:
+        """Drop the connection (as ``drop_connections`` does) on the next client event that
+        ``match(connection_index, event)`` accepts, before applying it: a network drop in the
+        middle of a burst of events, at a point a test chooses. One shot."""
+        self._drop_when = match
+
+    def _abort(self, conn: _Connection) -> None:
+        conn.closed = True
+        transport = conn.request.transport
+        if transport is not None:
+            transport.abort()
+
     async def drop_connections(self, timeout: float = 5.0) -> int:
         """Abort every live connection's TCP transport (no close frame), like a network drop.
 
@@ -420,10 +432,7 @@ class FakeAzureRealtimeServer:
         """
         conns = list(self._live)
         for conn in conns:
-            conn.closed = True
-            transport = conn.request.transport
-            if transport is not None:
-                transport.abort()
+            self._abort(conn)
         for conn in conns:
             await asyncio.wait_for(conn.finished.wait(), timeout)
         return len(conns)
@@ -641,6 +650,11 @@ class FakeAzureRealtimeServer:
             if isinstance(item, dict) and item.get("type") is None:
                 self.typeless_creates += 1
 
+        if self._drop_when is not None and self._drop_when(conn.index, event):
+            self._drop_when = None
+            self._abort(conn)
+            return
+
         try:
             for i, rej in enumerate(self._rejections):
                 if rej.matches(event):
@@ -750,7 +764,9 @@ class FakeAzureRealtimeServer:
         """
         for stage in stages:
             previous = (
-                conn.conversation.previous_id(item["id"]) if item["id"] in conn.conversation else None
+                conn.conversation.previous_id(item["id"])
+                if item["id"] in conn.conversation
+                else None
             )
             await self._emit(conn, stage, {"previous_item_id": previous, "item": c.copy_item(item)})
 
