@@ -15,8 +15,13 @@ from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 import pytest
-from fake_azure import DEFAULT_API_VERSION, FakeAzureRealtimeServer, Reply, make_model
-from openai.types.beta.realtime.session import InputAudioTranscription, TurnDetection
+from fake_azure import (
+    DEFAULT_API_VERSION,
+    FakeAzureRealtimeServer,
+    Reply,
+    make_model,
+    session_options,
+)
 from pydantic import BaseModel, Field
 
 from livekit.agents import llm
@@ -42,10 +47,12 @@ async def beta_session(
     """A connected beta session on ``server`` and the list of errors it emits.
 
     ``input_audio_transcription=None`` turns transcription off: ``RealtimeModel.with_azure``
-    refuses ``None``, so the model is then built with ``RealtimeModelBeta.with_azure``.
+    refuses ``None``, so a preview model is then built with ``RealtimeModelBeta.with_azure``.
+    Works on both protocols (the GA session of the installed plugin on a GA server).
     """
     if (
-        "input_audio_transcription" in model_kwargs
+        server.protocol == "preview"
+        and "input_audio_transcription" in model_kwargs
         and not model_kwargs["input_audio_transcription"]
     ):
         model = beta.RealtimeModelBeta.with_azure(
@@ -68,14 +75,15 @@ async def beta_session(
         await model.aclose()
 
 
-def audio_session_kwargs(*, transcription: bool = True) -> dict[str, Any]:
-    """Model options of the user's report: server VAD, whisper transcription (or none)."""
-    return {
-        "input_audio_transcription": (
-            InputAudioTranscription(model="whisper-1", language="en") if transcription else None
-        ),
-        "turn_detection": TurnDetection(type="server_vad", create_response=False),
-    }
+def audio_session_kwargs(
+    server: FakeAzureRealtimeServer, *, transcription: bool = True
+) -> dict[str, Any]:
+    """Model options of the user's report: server VAD, whisper transcription (or none), as the
+    openai types of the server's protocol."""
+    options = session_options(server.protocol, transcription=transcription)
+    if not transcription:
+        options["input_audio_transcription"] = None
+    return options
 
 
 async def sync(sess: Session, ctx: llm.ChatContext) -> float:

@@ -18,7 +18,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from fake_azure import AudioReply, FakeAzureRealtimeServer, FunctionCallReply, make_model
+from fake_azure import (
+    AudioReply,
+    FakeAzureRealtimeServer,
+    FunctionCallReply,
+    make_model,
+    session_options,
+)
 
 from livekit.agents import Agent, AgentSession, function_tool
 
@@ -217,8 +223,6 @@ async def test_user_speaks_during_switch(
     ``on_enter`` syncs its context, which does not hold the turn yet (its transcript arrives
     later, or never). The sync must neither delete that item (the audio would be lost) nor fail.
     """
-    from openai.types.beta.realtime.session import InputAudioTranscription, TurnDetection
-
     log = FlowLog(fake_azure)
     user_items: list[str] = []
     turns: list[asyncio.Task[str]] = []
@@ -250,8 +254,7 @@ async def test_user_speaks_during_switch(
     log.after_sync["billing"] = transcript_arrives
     session_errors = await run_flow(
         log,
-        input_audio_transcription=InputAudioTranscription(model="whisper-1", language="en"),
-        turn_detection=TurnDetection(type="server_vad", create_response=True),
+        **session_options(fake_azure.protocol, create_response=True),
     )
 
     # speech start makes the agent interrupt, i.e. send response.cancel with no response

@@ -281,7 +281,7 @@ async def test_audio_item_pending_transcript_not_deleted(
 ) -> None:
     """A user turn whose transcript is pending is not deleted by a sync that lacks it."""
     ctx = text_ctx(("sys_1", "system", "TEST"))
-    async with beta_session(fake_azure, **audio_session_kwargs()) as (sess, _):
+    async with beta_session(fake_azure, **audio_session_kwargs(fake_azure)) as (sess, _):
         await sync(sess, ctx)
         user_id, turn = await start_user_turn(
             fake_azure, sess, "what time is it", transcript_delay=0.5, respond=False
@@ -305,7 +305,9 @@ async def test_audio_item_survives_without_transcription(
 ) -> None:
     """With transcription off the local side never gets the turn; the service keeps it."""
     ctx = text_ctx(("sys_1", "system", "TEST"))
-    async with beta_session(fake_azure, **audio_session_kwargs(transcription=False)) as (sess, _):
+    async with beta_session(
+        fake_azure, **audio_session_kwargs(fake_azure, transcription=False)
+    ) as (sess, _):
         await sync(sess, ctx)
         user_id = await user_turn(fake_azure, sess, None, respond=False)
         for n in (2, 3):
@@ -326,7 +328,7 @@ async def test_late_transcript_leaves_server_items_alone(
     That is how the agent records it (the user message is appended when its transcript
     arrives). The service's audio items must not be deleted or re-created as text for it.
     """
-    async with beta_session(fake_azure, **audio_session_kwargs()) as (sess, _):
+    async with beta_session(fake_azure, **audio_session_kwargs(fake_azure)) as (sess, _):
         await sync(sess, text_ctx(("sys_1", "system", "TEST")))
         fake_azure.script(AudioReply("It is noon."))
         user_id = await user_turn(
@@ -360,7 +362,7 @@ async def test_deliberately_removed_audio_item_is_deleted(
     fake_azure: FakeAzureRealtimeServer,
 ) -> None:
     """The other side of the rule: a turn the local side held and then dropped is deleted."""
-    async with beta_session(fake_azure, **audio_session_kwargs()) as (sess, _):
+    async with beta_session(fake_azure, **audio_session_kwargs(fake_azure)) as (sess, _):
         await sync(sess, text_ctx(("sys_1", "system", "TEST")))
         user_id = await user_turn(fake_azure, sess, "forget this", respond=False)
         await wait_until(lambda: "forget this" in str(sess.chat_ctx.get_by_id(user_id)))

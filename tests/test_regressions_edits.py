@@ -35,7 +35,7 @@ pytestmark = issue_9_xfail()
 @pytest.mark.regression(fails_on=(FORK_BEFORE,))
 async def test_trim_and_clear_remove_voice_turns(fake_azure: FakeAzureRealtimeServer) -> None:
     """Dropping the first voice turn from the context deletes it; an empty context deletes all."""
-    async with beta_session(fake_azure, **audio_session_kwargs()) as (sess, _):
+    async with beta_session(fake_azure, **audio_session_kwargs(fake_azure)) as (sess, _):
         local = agent_context(sess)
         user_1, reply_1 = await voice_turn(
             fake_azure, sess, local, "what time is it", AudioReply("It is noon.")
@@ -60,7 +60,7 @@ async def test_edited_voice_turn_replaced_on_server(
     fake_azure: FakeAzureRealtimeServer, role: Literal["user", "assistant"]
 ) -> None:
     """A transcribed turn or a reply whose text the agent redacts holds the new text remotely."""
-    async with beta_session(fake_azure, **audio_session_kwargs()) as (sess, _):
+    async with beta_session(fake_azure, **audio_session_kwargs(fake_azure)) as (sess, _):
         local = agent_context(sess, ("sys_1", "system", "TEST"))
         await sync(sess, local)
         user_id, reply_id = await voice_turn(
@@ -103,7 +103,7 @@ async def test_server_function_call_not_recreated(fake_azure: FakeAzureRealtimeS
     view (``AgentActivity`` after a tool execution), then syncs its whole context at the next
     agent switch: only the output is ever created.
     """
-    async with beta_session(fake_azure, **audio_session_kwargs()) as (sess, _):
+    async with beta_session(fake_azure, **audio_session_kwargs(fake_azure)) as (sess, _):
         local = agent_context(sess, ("sys_1", "system", "TEST"))
         await sync(sess, local)
         call = FunctionCallReply("get_weather", {"city": "Paris"}, call_id="call_1")

@@ -117,7 +117,7 @@ async def test_truncated_reply_replayed_as_heard(fake_azure: FakeAzureRealtimeSe
     played), the user interrupts the playout, the agent truncates the reply and appends the
     text that was heard to its context, and a later sync (an agent switch) sends that context.
     """
-    async with beta_session(fake_azure, **audio_session_kwargs()) as (sess, _):
+    async with beta_session(fake_azure, **audio_session_kwargs(fake_azure)) as (sess, _):
         local = agent_context(sess)
         user_id, reply_id = await voice_turn(
             fake_azure,

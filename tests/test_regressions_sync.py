@@ -45,7 +45,7 @@ async def test_rejection_next_to_pending_turn_does_not_cascade(
     Service ``[k1, k2, P]`` (P: a user turn whose transcript never arrives), local
     ``[k1, N1, P, N2, k2]``, as a copy of the session's view with items inserted.
     """
-    async with beta_session(fake_azure, **audio_session_kwargs()) as (sess, _):
+    async with beta_session(fake_azure, **audio_session_kwargs(fake_azure)) as (sess, _):
         await sync(sess, text_ctx(("k1", "system", "K1"), ("k2", "system", "K2")))
         pending_id = await user_turn(fake_azure, sess, None, respond=False)
         pending = sess.chat_ctx.get_by_id(pending_id)

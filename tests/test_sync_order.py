@@ -15,7 +15,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from fake_azure import FakeAzureRealtimeServer, make_model
+from fake_azure import FakeAzureRealtimeServer, make_model, session_options
 
 from livekit.agents import llm
 
@@ -35,9 +35,9 @@ async def _session_with_transcripts(
     server: FakeAzureRealtimeServer, local: llm.ChatContext
 ) -> tuple[Any, Any]:
     """A session whose completed transcripts are appended to ``local`` as the agent does."""
-    from openai.types.beta.realtime.session import InputAudioTranscription
-
-    model = make_model(server, input_audio_transcription=InputAudioTranscription(model="whisper-1"))
+    model = make_model(
+        server, **session_options(server.protocol, language=None, turn_detection=None)
+    )
     session = model.session()
     session.on(
         "input_audio_transcription_completed",

@@ -156,7 +156,6 @@ class _Connection:
         self.finished = asyncio.Event()
 
 
-
 class FakeAzureRealtimeServer:
     """Fake Azure OpenAI Realtime server, see the module docstring.
 
@@ -750,7 +749,9 @@ class FakeAzureRealtimeServer:
         """
         for stage in stages:
             previous = (
-                conn.conversation.previous_id(item["id"]) if item["id"] in conn.conversation else None
+                conn.conversation.previous_id(item["id"])
+                if item["id"] in conn.conversation
+                else None
             )
             await self._emit(conn, stage, {"previous_item_id": previous, "item": c.copy_item(item)})
 
