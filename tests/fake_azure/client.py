@@ -8,6 +8,7 @@ from typing import Any
 
 from .server import DEFAULT_API_VERSION, FakeAzureRealtimeServer
 
+
 @functools.cache
 def ga_route_available() -> bool:
     """Whether ``RealtimeModel.with_azure`` without ``api_version`` gives the GA route.
