@@ -47,8 +47,8 @@ async def beta_session(
     """A connected beta session on ``server`` and the list of errors it emits.
 
     ``input_audio_transcription=None`` turns transcription off: ``RealtimeModel.with_azure``
-    refuses ``None`` on the preview protocol, so the model is then built with
-    ``RealtimeModelBeta.with_azure``; the GA ``with_azure`` takes ``None``.
+    refuses ``None``, so a preview model is then built with ``RealtimeModelBeta.with_azure``.
+    Works on both protocols (the GA session of the installed plugin on a GA server).
     """
     if (
         server.protocol == "preview"
@@ -79,11 +79,11 @@ def audio_session_kwargs(
     server: FakeAzureRealtimeServer, *, transcription: bool = True
 ) -> dict[str, Any]:
     """Model options of the user's report: server VAD, whisper transcription (or none), as the
-    openai types of ``server``'s protocol."""
-    out = session_options(server.protocol, transcription=transcription, create_response=False)
+    openai types of the server's protocol."""
+    options = session_options(server.protocol, transcription=transcription)
     if not transcription:
-        out["input_audio_transcription"] = None
-    return out
+        options["input_audio_transcription"] = None
+    return options
 
 
 async def sync(sess: Session, ctx: llm.ChatContext) -> float:

@@ -199,11 +199,12 @@ def test_plan_brings_the_service_in_line(scenario: tuple[list[Spec], list[llm.Ch
     stayed = [i for i in before if i in server_made and i in final and by_id[i].kind]
     assert [i for i in order if i in set(stayed)] == stayed
 
-    # anchors: held before the sync, but after a function call output chained on its call
-    created_ids = {item.id for run in plan.runs for item in run.items}
+    # anchors: held before the sync, but a call the sync creates, for the outputs of the calls
+    # made with it and the items between them
+    created = {item.id: item for run in plan.runs for item in run.items}
     for run in plan.runs:
-        if run.anchor is not None and run.anchor in created_ids:
-            assert run.items[0].type == "function_call_output"
+        if run.anchor is not None and run.anchor in created:
+            assert created[run.anchor].type == "function_call"
 
     # planning again against the mirror as the service confirms it: nothing to send
     mirror = chat_sync.RemoteConversation(revision=remote.revision)
@@ -238,8 +239,8 @@ def test_one_rejection_fails_no_other_create(
         return
     rejected = data.draw(st.sampled_from(creates))
     failed = ModelService(remote).apply(plan, reject=rejected)
-    # besides the rejected item, only runs chained on it (a function call output after its
-    # call) can fail
+    # besides the rejected item, only runs hung on it can fail (it is a call: the outputs of the
+    # calls made with it, and the items between them)
     chained = {item.id for run in plan.runs if run.anchor == rejected for item in run.items}
     assert set(failed) <= {rejected} | chained
     assert rejected in failed

@@ -23,6 +23,7 @@ from fake_azure import (
     FunctionCallReply,
     TextReply,
     make_model,
+    session_options,
     wire_names,
 )
 
@@ -938,8 +939,6 @@ async def test_real_client_update_chat_ctx(fake_azure: FakeAzureRealtimeServer) 
 
 async def test_real_client_reply_and_user_turn(fake_azure: FakeAzureRealtimeServer) -> None:
     """The client understands the fake's responses and user turns (not a regression test)."""
-    from fake_azure import session_options
-
     from livekit.agents import llm
 
     model = make_model(fake_azure, modalities=["text"], **session_options(fake_azure.protocol))

@@ -32,7 +32,11 @@ async def ga(fake_azure: FakeAzureRealtimeServer) -> AsyncIterator[RawClient]:
 
 def message(role: str, text: str, item_id: str | None = None) -> JsonDict:
     part_type = "output_text" if role == "assistant" else "input_text"
-    item: JsonDict = {"type": "message", "role": role, "content": [{"type": part_type, "text": text}]}
+    item: JsonDict = {
+        "type": "message",
+        "role": role,
+        "content": [{"type": part_type, "text": text}],
+    }
     if item_id is not None:
         item["id"] = item_id
     return item
@@ -74,7 +78,9 @@ async def test_preview_route_not_served(fake_azure: FakeAzureRealtimeServer) -> 
     url = f"ws://127.0.0.1:{fake_azure.port}/openai/realtime?api-version=2024-10-01-preview"
     async with aiohttp.ClientSession() as http:
         with pytest.raises(aiohttp.WSServerHandshakeError) as exc:
-            await http.ws_connect(f"{url}&deployment={fake_azure.deployment}", headers={"api-key": fake_azure.api_key})
+            await http.ws_connect(
+                f"{url}&deployment={fake_azure.deployment}", headers={"api-key": fake_azure.api_key}
+            )
     assert exc.value.status == 404
 
 
@@ -160,11 +166,23 @@ async def test_create_added_then_done(fake_azure: FakeAzureRealtimeServer, ga: R
 @pytest.mark.parametrize(
     ("item", "code", "param"),
     [
-        ({"role": "user", "content": [{"type": "input_text", "text": "x"}]}, "missing_required_parameter", "item.type"),
-        (message("assistant", "x") | {"content": [{"type": "text", "text": "x"}]}, "invalid_value", "item.content[0].type"),
+        (
+            {"role": "user", "content": [{"type": "input_text", "text": "x"}]},
+            "missing_required_parameter",
+            "item.type",
+        ),
+        (
+            message("assistant", "x") | {"content": [{"type": "text", "text": "x"}]},
+            "invalid_value",
+            "item.content[0].type",
+        ),
         (message("user", "x") | {"content": []}, "empty_array", "item.content"),
         (message("user", "x", "item_" + "x" * 28), "string_above_max_length", "item.id"),
-        ({"type": "function_call_output", "call_id": "nope", "output": "1"}, "invalid_function_call_output", "item.call_id"),
+        (
+            {"type": "function_call_output", "call_id": "nope", "output": "1"},
+            "invalid_function_call_output",
+            "item.call_id",
+        ),
     ],
     ids=["typeless", "preview assistant text", "empty content", "long id", "output before call"],
 )
@@ -193,10 +211,17 @@ async def test_delete_and_retrieve(fake_azure: FakeAzureRealtimeServer, ga: RawC
     assert retrieved["type"] == "conversation.item.retrieved"
     assert retrieved["item"]["id"] == "item_u"
     deleted = await ga.request({"type": "conversation.item.delete", "item_id": "item_u"})
-    assert deleted == {"type": "conversation.item.deleted", "event_id": deleted["event_id"], "item_id": "item_u"}
+    assert deleted == {
+        "type": "conversation.item.deleted",
+        "event_id": deleted["event_id"],
+        "item_id": "item_u",
+    }
     event_id = await ga.send({"type": "conversation.item.delete", "item_id": "item_u"})
     error = await ga.recv()
-    assert (error["error"]["code"], error["error"]["event_id"]) == ("item_delete_invalid_item_id", event_id)
+    assert (error["error"]["code"], error["error"]["event_id"]) == (
+        "item_delete_invalid_item_id",
+        event_id,
+    )
 
 
 # --------------------------------------------------------------------------- turns and replies
@@ -204,7 +229,13 @@ async def test_delete_and_retrieve(fake_azure: FakeAzureRealtimeServer, ga: RawC
 
 async def test_user_audio_turn(fake_azure: FakeAzureRealtimeServer, ga: RawClient) -> None:
     await ga.request(
-        {"type": "session.update", "session": {"type": "realtime", "audio": {"input": {"transcription": {"model": "whisper-1"}}}}}
+        {
+            "type": "session.update",
+            "session": {
+                "type": "realtime",
+                "audio": {"input": {"transcription": {"model": "whisper-1"}}},
+            },
+        }
     )
     item_id = await fake_azure.user_audio_turn("hello there", respond=False)
     events = await ga.recv_until("conversation.item.input_audio_transcription.completed")
@@ -254,7 +285,12 @@ async def test_audio_reply_and_truncate(fake_azure: FakeAzureRealtimeServer, ga:
     item = events[-1]["response"]["output"][0]
     assert item["content"] == [{"type": "output_audio", "transcript": "one two"}]
     truncated = await ga.request(
-        {"type": "conversation.item.truncate", "item_id": item["id"], "content_index": 0, "audio_end_ms": 100}
+        {
+            "type": "conversation.item.truncate",
+            "item_id": item["id"],
+            "content_index": 0,
+            "audio_end_ms": 100,
+        }
     )
     assert truncated["type"] == "conversation.item.truncated"
     assert fake_azure.conversation[0]["content"][0]["transcript"] == ""
@@ -265,7 +301,10 @@ async def test_preview_response_create_rejected(
 ) -> None:
     event_id = await ga.send({"type": "response.create", "response": {"modalities": ["text"]}})
     error = await ga.recv()
-    assert (error["error"]["code"], error["error"]["param"]) == ("unknown_parameter", "response.modalities")
+    assert (error["error"]["code"], error["error"]["param"]) == (
+        "unknown_parameter",
+        "response.modalities",
+    )
     assert error["error"]["event_id"] == event_id
     assert fake_azure.responses == []
 
@@ -279,7 +318,9 @@ async def test_legacy_event_names(fake_azure_factory: Any) -> None:
             await client.recv()
             await client.send(create(message("user", "x", "item_u")))
             assert (await client.recv())["type"] == "conversation.item.created"
-            await client.send({"type": "response.create", "response": {"output_modalities": ["text"]}})
+            await client.send(
+                {"type": "response.create", "response": {"output_modalities": ["text"]}}
+            )
             types = [e["type"] for e in await client.recv_until("response.done")]
     assert "response.text.delta" in types and "conversation.item.created" in types
     assert "conversation.item.added" not in types

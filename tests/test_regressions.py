@@ -487,7 +487,7 @@ async def test_pending_maps_empty_after_each_call(fake_azure: FakeAzureRealtimeS
     """Nothing stays tracked once a call settled: success, rejection, missing item."""
 
     def pending(sess: Session) -> list[int]:
-        events = sess._item_events
+        events = sess._chat_sync.events
         return [len(events), len(events._by_item), len(events._cancelled)]
 
     ctx = text_ctx(("sys_1", "system", "TEST"), ("user_1", "user", "hello"))

@@ -529,7 +529,7 @@ async def step_costs(client: Client, ctx: llm.ChatContext) -> dict[str, float]:
             times.append(time.thread_time() - t0)
         return statistics.median(times) * 1e3
 
-    remote = session._remote
+    remote = session._chat_sync.remote
 
     def _filter() -> list[llm.ChatItem]:
         items, _ = chat_sync.protocol_items(

@@ -48,7 +48,7 @@ from .server import (
 
 def validate_server_event(event: dict[str, object]) -> object:
     """Strictly validate a preview server event (kept for callers of the preview-only fake)."""
-    return PreviewProtocol().validate_server_event(event)  # type: ignore[arg-type]
+    return PreviewProtocol().validate_server_event(dict(event))
 
 
 __all__ = [

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .server import DEFAULT_API_VERSION, FakeAzureRealtimeServer
-
-if TYPE_CHECKING:
-    from livekit.agents import llm
 
 
 @functools.cache
@@ -35,8 +32,11 @@ def ga_route_available() -> bool:
     return True
 
 
-def make_model(server: FakeAzureRealtimeServer, **kwargs: Any) -> llm.RealtimeModel:
+def make_model(server: FakeAzureRealtimeServer, **kwargs: Any) -> Any:
     """``openai.realtime.RealtimeModel.with_azure(...)`` aimed at ``server``, for its protocol.
+
+    Returns a ``RealtimeModelBeta`` (preview) or the GA ``RealtimeModel`` (GA), typed ``Any``
+    so that tests call either session's methods.
 
     Preview: ``api_version`` defaults to :data:`DEFAULT_API_VERSION` and the model is a
     ``RealtimeModelBeta``. GA: no ``api_version``; while the installed plugin lacks the GA route
@@ -80,8 +80,7 @@ def make_model(server: FakeAzureRealtimeServer, **kwargs: Any) -> llm.RealtimeMo
         model._opts.conn_options = conn_options
     if max_session_duration is not None:
         model._opts.max_session_duration = max_session_duration
-    result: llm.RealtimeModel = model
-    return result
+    return model
 
 
 def session_options(
@@ -120,12 +119,12 @@ def session_options(
             )
         if turn_detection:
             out["turn_detection"] = beta_session.TurnDetection(
-                type=turn_detection,  # type: ignore[arg-type]
+                type=turn_detection,
                 create_response=create_response,
             )
         if noise_reduction:
             out["input_audio_noise_reduction"] = beta_session.InputAudioNoiseReduction(
-                type=noise_reduction  # type: ignore[arg-type]
+                type=noise_reduction
             )
         return out
     from openai.types import realtime
@@ -138,9 +137,7 @@ def session_options(
     if turn_detection == "server_vad":
         out["turn_detection"] = td.ServerVad(type="server_vad", create_response=create_response)
     elif turn_detection == "semantic_vad":
-        out["turn_detection"] = td.SemanticVad(
-            type="semantic_vad", create_response=create_response
-        )
+        out["turn_detection"] = td.SemanticVad(type="semantic_vad", create_response=create_response)
     if noise_reduction:
         out["input_audio_noise_reduction"] = noise_reduction
     return out

@@ -91,8 +91,7 @@ _GA_NAMES = {
     "response.audio_transcript.delta": "response.output_audio_transcript.delta",
     "response.audio_transcript.done": "response.output_audio_transcript.done",
 }
-_FROM_LEGACY = {v: k for k, v in _GA_NAMES.items()}
-_LEGACY_TO_GA = {old: new for old, new in _GA_NAMES.items()}
+_LEGACY_TO_GA = _GA_NAMES
 
 _ASSISTANT_WIRE = {"text": "output_text", "audio": "output_audio"}
 _BYTES_PER_MS = {"audio/pcm": 48, "audio/pcmu": 8, "audio/pcma": 8}
@@ -219,7 +218,11 @@ class GaProtocol(p.WireProtocol):
         ):
             return spec
         for key, value in update.items():
-            if key == "audio" and isinstance(value, dict) and isinstance(session.get("audio"), dict):
+            if (
+                key == "audio"
+                and isinstance(value, dict)
+                and isinstance(session.get("audio"), dict)
+            ):
                 # Guess: `audio.input` / `audio.output` are merged field by field, each field
                 # (turn_detection, transcription...) replaced as a whole; `null` turns it off.
                 for direction, conf in value.items():

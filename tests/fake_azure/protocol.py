@@ -11,6 +11,7 @@ import uuid
 from typing import Any, NamedTuple
 
 import pydantic
+
 JsonDict = dict[str, Any]
 
 MAX_ITEM_ID_LENGTH = 32
@@ -19,6 +20,7 @@ DEPLOYMENT_NOT_FOUND = (
     "The API deployment for this resource does not exist. If you created the deployment within "
     "the last 5 minutes, please wait a moment and try again."
 )
+
 
 class ErrorSpec(NamedTuple):
     """The ``error`` object of an error event, minus the echoed client ``event_id``."""
@@ -233,7 +235,9 @@ class WireProtocol:
     to_neutral: dict[str, str]
     """Wire content part type -> stored type."""
 
-    def handshake_error(self, query: dict[str, str], headers: Any, deployment: str) -> HttpError | None:
+    def handshake_error(
+        self, query: dict[str, str], headers: Any, deployment: str
+    ) -> HttpError | None:
         raise NotImplementedError
 
     def ws_url(self, base: str, deployment: str, /, **query: str | None) -> str:
