@@ -20,7 +20,7 @@ On pristine upstream the module does not exist: the tests are skipped there, and
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -32,7 +32,12 @@ chat_sync = pytest.importorskip(
     reason="the planner is not in this build (pristine upstream); patch 0004 adds it",
 )
 
+if TYPE_CHECKING:
+    from livekit.plugins.openai.realtime.chat_sync import RemoteConversation, SyncPlan
+
 Known = Literal["before", "during", "never"]
+Origin = Literal["client", "server"]
+Kind = Literal["message", "call", "output"]
 
 
 @dataclass
@@ -56,7 +61,7 @@ def _item(spec: Spec, text: str | None = None) -> llm.ChatItem:
     return llm.ChatMessage(id=spec.item_id, role=role, content=[text] if text else [])
 
 
-def _mirror(specs: list[Spec]) -> tuple[object, int]:
+def _mirror(specs: list[Spec]) -> tuple[RemoteConversation, int]:
     """The mirror of ``specs`` and the ``since`` of a sync begun before "during" items were known."""
     remote = chat_sync.RemoteConversation()
     prev: str | None = None
@@ -81,11 +86,11 @@ def scenarios(draw: st.DrawFn) -> tuple[list[Spec], list[llm.ChatItem]]:
     n = draw(st.integers(0, 14))
     specs: list[Spec] = []
     for i in range(n):
-        origin = draw(st.sampled_from(["client", "server"]))
+        origin: Origin = draw(st.sampled_from(["client", "server"]))
         known: Known = (
             "before" if origin == "client" else draw(st.sampled_from(["before", "during", "never"]))
         )
-        kind = "message"
+        kind: Kind = "message"
         if origin == "server" and draw(st.integers(0, 4)) == 0:
             kind = "call"
         specs.append(Spec(f"r{i}", origin, known, draw(st.sampled_from(["a", "b", "c d"])), kind))
@@ -114,8 +119,9 @@ def scenarios(draw: st.DrawFn) -> tuple[list[Spec], list[llm.ChatItem]]:
                 id=f"no{k}", call_id=f"c_nc{k}", output="1", is_error=False
             )
             local[pos:pos] = [call, out]
-        elif calls and draw(st.booleans()):
-            call_id = f"c_{draw(st.sampled_from(calls)).item_id}"
+        elif len(calls) > 0 and draw(st.booleans()):
+            called: Spec = draw(st.sampled_from(calls))
+            call_id = f"c_{called.item_id}"
             local.insert(
                 pos, llm.FunctionCallOutput(id=f"n{k}", call_id=call_id, output="1", is_error=False)
             )
@@ -127,8 +133,8 @@ def scenarios(draw: st.DrawFn) -> tuple[list[Spec], list[llm.ChatItem]]:
 class ModelService:
     """The service's conversation under its rules: ids unique, anchors must exist."""
 
-    def __init__(self, remote: object) -> None:
-        self.items: list[llm.ChatItem] = [r.item for r in remote.items()]  # type: ignore[attr-defined]
+    def __init__(self, remote: RemoteConversation) -> None:
+        self.items: list[llm.ChatItem] = [r.item for r in remote.items()]
 
     def ids(self) -> list[str]:
         return [i.id for i in self.items]
@@ -145,12 +151,12 @@ class ModelService:
         self.items.insert(0 if anchor is None else ids.index(anchor) + 1, item)
         return True
 
-    def apply(self, plan: object, reject: str | None = None) -> list[str]:
+    def apply(self, plan: SyncPlan, reject: str | None = None) -> list[str]:
         """Apply ``plan``; returns the ids whose create failed (``reject`` is refused)."""
-        for item_id in plan.deletes:  # type: ignore[attr-defined]
+        for item_id in plan.deletes:
             self.delete(item_id)
         failed = []
-        for run in plan.runs:  # type: ignore[attr-defined]
+        for run in plan.runs:
             for item in reversed(run.items):
                 if item.id == reject or not self.create(item, run.anchor):
                     failed.append(item.id)

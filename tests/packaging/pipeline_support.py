@@ -20,6 +20,17 @@ import pytest
 PLUGIN_SUBDIR = "livekit-plugins/livekit-plugins-openai"
 
 
+def _fork_version() -> str:
+    text = (Path(__file__).resolve().parents[2] / PLUGIN_SUBDIR / "pyproject.toml").read_text()
+    match = re.search(r'^version = "([^"]+)"', text, flags=re.M)
+    assert match is not None, "no version in the packaging pyproject.toml"
+    return match.group(1)
+
+
+FORK_VERSION = _fork_version()
+"""the version the packaging directory builds (``[project] version``)"""
+
+
 @dataclass
 class Run:
     """Result of a subprocess: return code and combined output."""

@@ -15,7 +15,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from pipeline_support import PLUGIN_SUBDIR, LocalIndex, Run, git_url, isolated_env, run
+from pipeline_support import (
+    FORK_VERSION,
+    PLUGIN_SUBDIR,
+    LocalIndex,
+    Run,
+    git_url,
+    isolated_env,
+    run,
+)
 
 UPSTREAM = "livekit-plugins-openai"
 SDIST_NAME = "livekit_plugins_openai-1.4.6.tar.gz"
@@ -28,7 +36,7 @@ def _wheel_files(wheel: Path) -> dict[str, bytes]:
 
 def _one_wheel(out: Path) -> Path:
     wheels = sorted(out.glob("*.whl"))
-    assert [w.name for w in wheels] == ["livekit_plugins_openai-1.4.6.post1-py3-none-any.whl"]
+    assert [w.name for w in wheels] == [f"livekit_plugins_openai-{FORK_VERSION}-py3-none-any.whl"]
     return wheels[0]
 
 
@@ -265,7 +273,7 @@ def test_download_failure_names_the_offline_variable(
 def test_wheel_metadata_license_and_dates(clone: Path, reference_wheel: Path) -> None:
     """LiveKit stays the author, the fork is the maintainer, LICENSE/NOTICE ship, dates are fixed."""
     files = _wheel_files(reference_wheel)
-    info = "livekit_plugins_openai-1.4.6.post1.dist-info"
+    info = f"livekit_plugins_openai-{FORK_VERSION}.dist-info"
     meta = files[f"{info}/METADATA"].decode()
     assert "Author-email: LiveKit <hello@livekit.io>" in meta.splitlines()
     assert "Maintainer: livekit-plugins-openai fork maintainers" in meta.splitlines()

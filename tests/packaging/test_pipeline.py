@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from pipeline_support import (
+    FORK_VERSION,
     PLUGIN_SUBDIR,
     LocalIndex,
     Run,
@@ -44,7 +45,7 @@ print("FILE", m.__file__)
 
 def _installed_package_dir(python: Path) -> Path:
     out = run([python, "-c", CHECK_SCRIPT]).output
-    assert "VERSION 1.4.6.post2" in out, out
+    assert f"VERSION {FORK_VERSION}" in out, out
     (file_line,) = [ln for ln in out.splitlines() if ln.startswith("FILE ")]
     return Path(file_line[5:]).parent
 
@@ -248,7 +249,7 @@ def test_fork_sdist_builds_the_same_wheel(
     sdist_dir = tmp_path / "sdist"
     run([uv, "build", "-q", "--sdist", "--out-dir", sdist_dir, clone / PLUGIN_SUBDIR], env=env)
     (sdist,) = sdist_dir.glob("*.tar.gz")
-    assert sdist.name == "livekit_plugins_openai-1.4.6.post2.tar.gz"
+    assert sdist.name == f"livekit_plugins_openai-{FORK_VERSION}.tar.gz"
     with tarfile.open(sdist) as tar:
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
     assert {
