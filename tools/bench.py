@@ -12,9 +12,11 @@ a. ``compute_chat_ctx_diff``: the planner's (``chat_sync``, longest increasing s
    (``livekit.agents.llm.utils``, an O(n * m) table) on a history of alternating user/assistant
    messages with one system message appended, the agent-switch case of the issue.
 b. Peak memory (tracemalloc) of both diffs.
-c. End to end: a real ``RealtimeSessionBeta`` built by ``RealtimeModel.with_azure(...)`` against
-   the fake Azure server of ``tests/fake_azure``. The server runs in a child process, so the
-   event-loop stall measured by a 1 ms ticker in this process is the client's alone.
+c. End to end, once per protocol: a real session built by ``RealtimeModel.with_azure(...)``
+   (``RealtimeSessionBeta`` with ``api_version`` on the preview protocol, the GA
+   ``RealtimeSession`` without) against the fake Azure server of ``tests/fake_azure`` speaking
+   that protocol. The server runs in a child process, so the event-loop stall measured by a 1 ms
+   ticker in this process is the client's alone.
 d. Rejection latency: ``update_chat_ctx`` with one item the server rejects, until the exception
    reaches the caller.
 e. Targets, each PASS or FAIL from the values measured above. The exit status is 0 even when a
@@ -230,7 +232,7 @@ def mem_table(rows: list[MemRow]) -> str:
 # --------------------------------------------------------------------------- fake server
 
 
-def _server_main(conn: Connection) -> None:
+def _server_main(conn: Connection, protocol: str) -> None:
     """Child process: run a fake Azure server and answer commands sent over ``conn``."""
 
     # imported by name: the fake server is test code, not an installed package
@@ -238,7 +240,7 @@ def _server_main(conn: Connection) -> None:
     fake_azure = importlib.import_module("fake_azure")
 
     async def _serve() -> None:
-        server = fake_azure.FakeAzureRealtimeServer()
+        server = fake_azure.FakeAzureRealtimeServer(protocol=protocol)
         await server.start()
         loop = asyncio.get_running_loop()
         stop = loop.create_future()
@@ -295,10 +297,11 @@ def _server_main(conn: Connection) -> None:
 class ServerProcess:
     """The fake Azure server in a child process, driven through a pipe."""
 
-    def __init__(self) -> None:
+    def __init__(self, protocol: str) -> None:
+        self.protocol = protocol
         ctx = multiprocessing.get_context("spawn")
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_server_main, args=(child,), daemon=True)
+        self._proc = ctx.Process(target=_server_main, args=(child, protocol), daemon=True)
         self._proc.start()
         child.close()
         self.endpoint, self.api_key, self.deployment = self._conn.recv()
@@ -423,16 +426,18 @@ def item_events(counts: dict[str, int]) -> int:
 
 
 class Client:
-    """A fresh RealtimeSessionBeta on the fake server, counting the events it sends."""
+    """A fresh session on the fake server (of its protocol), counting the events it sends."""
 
     def __init__(self, server: ServerProcess) -> None:
         from livekit.plugins import openai
 
+        # with api_version: the preview protocol; without: GA
+        version = {"api_version": "2024-10-01-preview"} if server.protocol == "preview" else {}
         self.model = openai.realtime.RealtimeModel.with_azure(
             azure_deployment=server.deployment,
             azure_endpoint=server.endpoint,
             api_key=server.api_key,
-            api_version="2024-10-01-preview",
+            **version,
         )
         self.session = self.model.session()
         self.sent: list[str] = []
@@ -654,10 +659,13 @@ def environment() -> str:
     )
 
 
+PROTOCOLS = ("preview", "ga")
+
+
 async def run_async(
-    e2e_sizes: Sequence[int],
+    e2e_sizes: Sequence[int], protocol: str
 ) -> tuple[list[E2ERow], RejectResult, tuple[float, float]]:
-    server = ServerProcess()
+    server = ServerProcess(protocol)
     try:
         idle = await idle_stall()
         rows = await bench_e2e(server, e2e_sizes)
@@ -675,6 +683,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--e2e-sizes",
         default=",".join(str(n) for n in E2E_SIZES),
         help="comma-separated context sizes of the end-to-end syncs",
+    )
+    parser.add_argument(
+        "--protocols",
+        default=",".join(PROTOCOLS),
+        help="comma-separated protocols of the end-to-end runs (preview, ga)",
     )
     args = parser.parse_args(argv)
     e2e_sizes = [int(s) for s in args.e2e_sizes.split(",") if s]
@@ -699,38 +712,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     print(mem_table(mem_rows) + "\n")
 
-    e2e_rows, reject, idle = asyncio.run(run_async(e2e_sizes))
-    print("### c. End to end on the fake Azure server (server in a child process)\n")
-    print(e2e_table(e2e_rows))
-    print(
-        "\nStall = longest wake-up delay of a task sleeping 1 ms at a time (minus the 1 ms); "
-        "max CPU between ticks = the most CPU time this thread used between two wake-ups "
-        "(the stall the code itself causes, without time the process was descheduled). "
-        f"Idle loop, same measure: {fmt_ms(idle[0])} (CPU {fmt_ms(idle[1])}). "
-        "Item events = conversation.item.* events the session queued "
-        "(`openai_client_event_queued`).\n"
-    )
-
-    if any(r.steps_ms for r in e2e_rows):
-        print("Planning of the next incremental sync (CPU time, median of 3):\n")
-        print(steps_table(e2e_rows) + "\n")
-
-    print("### d. Rejection latency (one rejected item, loopback)\n")
-    print(
-        table(
-            ["repeats", "median", "max", "exception", "upstream 1.4.6"],
-            [
-                [
-                    str(len(reject.exceptions)),
-                    fmt_ms(statistics.median(reject.latencies_ms)) if reject.latencies_ms else "-",
-                    fmt_ms(max(reject.latencies_ms)) if reject.latencies_ms else "-",
-                    ", ".join(sorted(set(reject.exceptions))),
-                    UPSTREAM_REJECT_NOTE + " (not run)",
-                ]
-            ],
-        )
-        + "\n"
-    )
+    per_protocol: dict[str, tuple[list[E2ERow], RejectResult, tuple[float, float]]] = {}
+    for protocol in args.protocols.split(","):
+        per_protocol[protocol] = asyncio.run(run_async(e2e_sizes, protocol))
+    for protocol, (e2e_rows, reject, idle) in per_protocol.items():
+        _print_protocol(protocol, e2e_rows, reject, idle)
 
     # e. targets
     results: list[tuple[str, str, bool | None]] = []  # None: not measured
@@ -749,6 +735,31 @@ def main(argv: Sequence[str] | None = None) -> int:
                 speedup >= TARGET_SPEEDUP and same,
             )
         )
+    for protocol, (e2e_rows, reject, _) in per_protocol.items():
+        results.extend(_protocol_targets(protocol, e2e_rows, reject))
+    print("### e. Targets\n")
+    print(
+        table(
+            ["target", "measured", "result"],
+            [
+                [t, m, "not measured" if ok is None else "PASS" if ok else "**FAIL**"]
+                for t, m, ok in results
+            ],
+        )
+    )
+    failed = [t for t, _, ok in results if ok is False]
+    print(f"\nTotal bench time: {time.perf_counter() - started:.0f} s")
+    if failed:
+        print(f"\nFAIL: {len(failed)} target(s) missed: " + "; ".join(failed))
+        return 1 if args.strict else 0
+    return 0
+
+
+def _protocol_targets(
+    protocol: str, e2e_rows: list[E2ERow], reject: RejectResult
+) -> list[tuple[str, str, bool | None]]:
+    """The end-to-end targets, measured on one protocol."""
+    results: list[tuple[str, str, bool | None]] = []
     stall_row = next((r for r in e2e_rows if r.n == TARGET_STALL_N), None)
     if stall_row is not None:
         stall = max(stall_row.full.stall_ms, stall_row.incremental.stall_ms)
@@ -796,22 +807,44 @@ def main(argv: Sequence[str] | None = None) -> int:
             worst < TARGET_REJECT_MS and len(reject.latencies_ms) == len(reject.exceptions),
         )
     )
-    print("### e. Targets\n")
+    return [(f"[{protocol}] {t}", m, ok) for t, m, ok in results]
+
+
+def _print_protocol(
+    protocol: str, e2e_rows: list[E2ERow], reject: RejectResult, idle: tuple[float, float]
+) -> None:
+    """Sections c and d for one protocol."""
+    print(f"### c. End to end on the fake Azure server, {protocol} protocol\n")
+    print(e2e_table(e2e_rows))
+    print(
+        "\nStall = longest wake-up delay of a task sleeping 1 ms at a time (minus the 1 ms); "
+        "max CPU between ticks = the most CPU time this thread used between two wake-ups "
+        "(the stall the code itself causes, without time the process was descheduled). "
+        f"Idle loop, same measure: {fmt_ms(idle[0])} (CPU {fmt_ms(idle[1])}). "
+        "Item events = conversation.item.* events the session queued "
+        "(`openai_client_event_queued`).\n"
+    )
+
+    if any(r.steps_ms for r in e2e_rows):
+        print("Planning of the next incremental sync (CPU time, median of 3):\n")
+        print(steps_table(e2e_rows) + "\n")
+
+    print(f"### d. Rejection latency (one rejected item, loopback), {protocol} protocol\n")
     print(
         table(
-            ["target", "measured", "result"],
+            ["repeats", "median", "max", "exception", "upstream 1.4.6"],
             [
-                [t, m, "not measured" if ok is None else "PASS" if ok else "**FAIL**"]
-                for t, m, ok in results
+                [
+                    str(len(reject.exceptions)),
+                    fmt_ms(statistics.median(reject.latencies_ms)) if reject.latencies_ms else "-",
+                    fmt_ms(max(reject.latencies_ms)) if reject.latencies_ms else "-",
+                    ", ".join(sorted(set(reject.exceptions))),
+                    UPSTREAM_REJECT_NOTE + " (not run)",
+                ]
             ],
         )
+        + "\n"
     )
-    failed = [t for t, _, ok in results if ok is False]
-    print(f"\nTotal bench time: {time.perf_counter() - started:.0f} s")
-    if failed:
-        print(f"\nFAIL: {len(failed)} target(s) missed: " + "; ".join(failed))
-        return 1 if args.strict else 0
-    return 0
 
 
 if __name__ == "__main__":
