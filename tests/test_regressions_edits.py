@@ -33,7 +33,7 @@ from livekit.agents import llm
 pytestmark = issue_9_xfail()
 
 
-@pytest.mark.regression(fails_on=(FORK_BEFORE,))
+@pytest.mark.regression(fails_on=(FORK_BEFORE,), passes_on=("1.4.6",))
 async def test_trim_and_clear_remove_voice_turns(fake_azure: FakeAzureRealtimeServer) -> None:
     """Dropping the first voice turn from the context deletes it; an empty context deletes all."""
     async with beta_session(fake_azure, **audio_session_kwargs(fake_azure)) as (sess, _):
@@ -55,7 +55,7 @@ async def test_trim_and_clear_remove_voice_turns(fake_azure: FakeAzureRealtimeSe
         assert error_codes(fake_azure) == []
 
 
-@pytest.mark.regression(fails_on=(FORK_BEFORE,))
+@pytest.mark.regression(fails_on=(FORK_BEFORE,), passes_on=("1.4.6",))
 @pytest.mark.parametrize("role", ["user", "assistant"])
 async def test_edited_voice_turn_replaced_on_server(
     fake_azure: FakeAzureRealtimeServer, role: Literal["user", "assistant"]
@@ -96,7 +96,7 @@ async def test_edited_voice_turn_replaced_on_server(
         assert conv[index]["content"] == [{"type": part_type, "text": redacted}]
 
 
-@pytest.mark.regression(fails_on=(FORK_BEFORE,))
+@pytest.mark.regression(fails_on=(FORK_BEFORE,), passes_on=("1.4.6",))
 async def test_server_function_call_not_recreated(fake_azure: FakeAzureRealtimeServer) -> None:
     """A tool call the service made is left alone when the agent syncs its own copy of it.
 

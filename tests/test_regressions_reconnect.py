@@ -81,7 +81,7 @@ async def test_sync_on_session_reconnected_sends_only_what_is_missing(
         assert len(getattr(sess, "_pending_events", {})) == 0
 
 
-@pytest.mark.regression(fails_on=(FORK_BEFORE,))
+@pytest.mark.regression(fails_on=(FORK_BEFORE,), passes_on=("1.4.6",))
 async def test_edit_during_drop_settles_promptly(fake_azure: FakeAzureRealtimeServer) -> None:
     """An edit made after the drop and before the reconnect lands without a false timeout."""
     ctx = text_ctx(
@@ -112,7 +112,7 @@ async def test_edit_during_drop_settles_promptly(fake_azure: FakeAzureRealtimeSe
         ]
 
 
-@pytest.mark.regression(fails_on=(FORK_BEFORE,))
+@pytest.mark.regression(fails_on=(FORK_BEFORE,), passes_on=("1.4.6",))
 async def test_truncated_reply_replayed_as_heard(fake_azure: FakeAzureRealtimeServer) -> None:
     """After a reply the user interrupted, a reconnect replays only what was heard.
 

@@ -17,8 +17,8 @@ import pytest
 _RECORDS: dict[str, dict[str, Any]] = {}
 
 
-def _fails_on(mark: pytest.Mark) -> list[str]:
-    value = mark.kwargs.get("fails_on", mark.args[0] if mark.args else ())
+def _versions(mark: pytest.Mark, key: str) -> list[str]:
+    value = mark.kwargs.get(key, mark.args[0] if mark.args and key == "fails_on" else ())
     if isinstance(value, str):
         value = (value,)
     return [str(v) for v in value]
@@ -31,7 +31,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         if mark is not None:
             _RECORDS[item.nodeid] = {
                 "nodeid": item.nodeid,
-                "fails_on": _fails_on(mark),
+                "fails_on": _versions(mark, "fails_on"),
+                "passes_on": _versions(mark, "passes_on"),
                 "outcome": "not run",
             }
 
