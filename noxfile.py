@@ -394,7 +394,8 @@ def _judge_regressions(
 ) -> None:
     """Print the regression tests naming ``version``; fail unless each behaved as marked.
 
-    ``fails_on`` versions must fail in the call phase, ``passes_on`` versions must pass. A GA
+    ``fails_on`` versions must fail in the call phase, ``passes_on`` versions must pass; a
+    ``VERSION:PROTOCOL`` label (``"1.4.6:ga"``) applies to that protocol's runs only and wins. A GA
     run (``[ga-…]``) of the fork before the planner is judged as upstream 1.4.6: that fork left
     the GA session as upstream's.
     """
@@ -405,10 +406,13 @@ def _judge_regressions(
         fails_on = [str(v) for v in r["fails_on"]]  # type: ignore[attr-defined]
         passes_on = [str(v) for v in r.get("passes_on", [])]  # type: ignore[attr-defined]
         nodeid = str(r["nodeid"])
+        protocol = "ga" if "[ga" in nodeid else "preview"
         label = version
-        if "[ga" in nodeid and version == FORK_BEFORE_LABEL:
+        if protocol == "ga" and version == FORK_BEFORE_LABEL:
             label = "1.4.6"
-        if label in fails_on:
+        if f"{label}:{protocol}" in passes_on:  # a case that cannot apply to this protocol
+            expected = "passed"
+        elif label in fails_on or f"{label}:{protocol}" in fails_on:
             expected = "failed"
         elif label in passes_on:
             expected = "passed"
@@ -433,8 +437,7 @@ def _judge_regressions(
         session.error(f"no test is marked @pytest.mark.regression(fails_on=(..., {version!r}))")
     if bad:
         session.error(
-            f"{len(bad)} regression test(s) did not behave as marked on {version}: "
-            f"{', '.join(bad)}"
+            f"{len(bad)} regression test(s) did not behave as marked on {version}: {', '.join(bad)}"
         )
     bites = sum(row[-2] == "failed" for row in rows)
     print(

@@ -26,6 +26,7 @@ from pydantic import BaseModel, Field
 
 from livekit.agents import llm
 from livekit.plugins.openai.realtime import realtime_model_beta as beta
+from livekit.plugins.openai.realtime.realtime_model import RealtimeSession
 
 ChatContextSyncError: type[Exception] = getattr(beta, "ChatContextSyncError", llm.RealtimeError)
 INSTRUCTIONS_ID = "lk.agent_task.instructions"
@@ -37,7 +38,7 @@ FAST_S = 1.0
 CAP_S = 2.0
 
 JsonDict = dict[str, Any]
-Session = beta.RealtimeSessionBeta
+Session = beta.RealtimeSessionBeta | RealtimeSession
 
 
 @contextlib.asynccontextmanager

@@ -103,7 +103,7 @@ async def _assert_call_followed(
     assert remote is not None
     assert remote.known_at is not None, (
         f"the finished function call `{call_id}` is still 'content unknown' in the mirror "
-        f"(arguments {remote.item.arguments!r}): it is never deleted and never replayed"
+        f"({remote.item!r}): it is never deleted and never replayed"
     )
 
 
