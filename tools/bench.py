@@ -432,12 +432,11 @@ class Client:
         from livekit.plugins import openai
 
         # with api_version: the preview protocol; without: GA
-        version = {"api_version": "2024-10-01-preview"} if server.protocol == "preview" else {}
         self.model = openai.realtime.RealtimeModel.with_azure(
             azure_deployment=server.deployment,
             azure_endpoint=server.endpoint,
             api_key=server.api_key,
-            **version,
+            api_version="2024-10-01-preview" if server.protocol == "preview" else None,
         )
         self.session = self.model.session()
         self.sent: list[str] = []
@@ -537,9 +536,7 @@ async def step_costs(client: Client, ctx: llm.ChatContext) -> dict[str, float]:
     remote = session._chat_sync.remote
 
     def _filter() -> list[llm.ChatItem]:
-        items, _ = chat_sync.protocol_items(
-            ctx, (r.item for r in remote.items()), warned=set(), protocol="bench"
-        )
+        items, _ = chat_sync.protocol_items(ctx, remote, warned=set(), protocol="bench")
         return items
 
     items = _filter()
