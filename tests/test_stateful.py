@@ -408,9 +408,7 @@ class Harness:
 
     def local_protocol(self, ctx: llm.ChatContext | None = None) -> dict[str, Norm]:
         ctx = self.local if ctx is None else ctx
-        return {
-            wire_id(i.id): n for i in ctx.items if (n := expected_on_server(i)) is not None
-        }
+        return {wire_id(i.id): n for i in ctx.items if (n := expected_on_server(i)) is not None}
 
     def item_events(self, since: int) -> list[JsonDict]:
         """Create and delete events the server received from index ``since`` of ``received``."""
@@ -632,9 +630,7 @@ class Harness:
         # see the module notes: an output whose call the same sync deletes is sent once more
         calls = {i.call_id for i in self.local.items if i.type == "function_call"}
         self.local.items = [
-            i
-            for i in self.local.items
-            if i.type != "function_call_output" or i.call_id in calls
+            i for i in self.local.items if i.type != "function_call_output" or i.call_id in calls
         ]
 
     async def trim(self, keep: int) -> None:
@@ -752,7 +748,9 @@ class Harness:
         await self.settle()
         await self._apply_generations()
 
-    async def _pending_user_turn(self, transcript: str, delay: float) -> tuple[str, asyncio.Task[str]]:
+    async def _pending_user_turn(
+        self, transcript: str, delay: float
+    ) -> tuple[str, asyncio.Task[str]]:
         """A user turn the client has seen and whose transcript arrives ``delay`` s later."""
         before = len(self.server.conversation)
         turn = asyncio.create_task(
@@ -861,7 +859,10 @@ class Harness:
         )
         received = len(self.server.received)
         await self.sync_ok(self.local)
-        assert not self.item_events(received), ("a truncated reply was re-sent", self.item_events(received))
+        assert not self.item_events(received), (
+            "a truncated reply was re-sent",
+            self.item_events(received),
+        )
         assert self.server.conversation_ids().count(wid) == 1
 
     # ------------------------------------------------------------------ connection drops
@@ -961,9 +962,7 @@ class Harness:
             missing,
         )
 
-    def _missing_after_replay(
-        self, mirror: llm.ChatContext, kept: list[tuple[str, Norm]]
-    ) -> int:
+    def _missing_after_replay(self, mirror: llm.ChatContext, kept: list[tuple[str, Norm]]) -> int:
         by_id = {i.id: i for i in mirror.items}
         old = llm.ChatContext(items=[by_id[wid] for wid, _ in kept if wid in by_id])
         new = llm.ChatContext(
@@ -1037,9 +1036,7 @@ class Harness:
         await self._wait_session()
         received = len(self.server.received)
         await self.sync_ok(self.local)
-        creates = [
-            e for e in self.item_events(received) if e["type"] == "conversation.item.create"
-        ]
+        creates = [e for e in self.item_events(received) if e["type"] == "conversation.item.create"]
         assert len(creates) == len(self.local_protocol()), (len(creates), self.local_protocol())
 
     # ------------------------------------------------------------------ invariants
@@ -1285,7 +1282,10 @@ class ChatCtxSyncMachine(RuleBasedStateMachine):
 
     # closing the session
     @precondition(with_faults)
-    @rule(texts=st.integers(min_value=10, max_value=150), when=st.sampled_from(["sending", "reconnecting"]))
+    @rule(
+        texts=st.integers(min_value=10, max_value=150),
+        when=st.sampled_from(["sending", "reconnecting"]),
+    )
     def close_during_sync(self, texts: int, when: str) -> None:
         self.step(self.h.close_during_sync(texts, when))
 
