@@ -56,6 +56,7 @@ import json
 import os
 import random
 import time
+from collections import Counter
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -175,6 +176,8 @@ class Stats:
     examples: int = 0
     steps: int = 0
     failures: int = 0
+    hits: Counter[str] = field(default_factory=Counter)
+    """how often each rule did what it is there for (not a no-op for want of a target)"""
 
 
 STATS = Stats()
@@ -600,6 +603,7 @@ class Harness:
         events = self.item_events(received)
         if whitespace:
             assert not events, ("a whitespace-only edit was sent", events)
+            STATS.hits["edit_server_item(whitespace)"] += 1
             assert snapshot(self.server.conversation)[wid] == server_item
             assert wid in self.server_made
             return
@@ -617,6 +621,7 @@ class Harness:
         got = snapshot(self.server.conversation)[wid]["content"]
         assert got == [{"type": part, "text": new_text}], got
         assert wid not in self.server_made
+        STATS.hits[f"edit_server_item({item.role})"] += 1
 
     async def move(self, which: int, to: int) -> None:
         item = self._pick(which, lambda i: i.type == "message")
@@ -642,6 +647,7 @@ class Harness:
         ids = self.server.conversation_ids()
         assert all(wid in ids for wid in unknown), ("an unknown server item was trimmed", ids)
         assert set(ids) == set(self.local_protocol()) | set(unknown), ids
+        STATS.hits["trim" + ("(unknown kept)" if unknown else "")] += 1
 
     async def clear(self) -> None:
         """An empty context: the server keeps only the server items of unknown content."""
@@ -649,6 +655,7 @@ class Harness:
         unknown = self.unknown_server_items()
         await self.sync_ok(self.local)
         assert self.server.conversation_ids() == unknown
+        STATS.hits["clear" + ("(unknown kept)" if unknown else "")] += 1
 
     async def agent_switch(self, instructions: str, text: str) -> None:
         """What the user did on every agent switch, with the framework's items around it."""
@@ -800,11 +807,14 @@ class Harness:
             for text in texts:
                 self.local.add_message(role="user", content=text, id=self.new_id("big"))
             ctx = llm.ChatContext(items=list(self.local.items))
+            since = self.clock
             errors = await asyncio.gather(
                 self.sync(ctx, alone=False), self.sync(ctx.copy(), alone=False)
             )
             assert errors == [None, None], errors
             self.assert_no_pending()
+            if self.known_at.get(user_id, -1) > since:
+                STATS.hits["transcript_during_sync"] += 1
             assert user_id in self.server.conversation_ids(), (
                 "a turn whose transcript arrived during the sync was deleted"
             )
@@ -864,6 +874,7 @@ class Harness:
             self.item_events(received),
         )
         assert self.server.conversation_ids().count(wid) == 1
+        STATS.hits["truncate_reply"] += 1
 
     # ------------------------------------------------------------------ connection drops
 
@@ -961,6 +972,7 @@ class Harness:
             len(kept),
             missing,
         )
+        STATS.hits[f"sync_across_reconnect({when})"] += 1
 
     def _missing_after_replay(self, mirror: llm.ChatContext, kept: list[tuple[str, Norm]]) -> int:
         by_id = {i.id: i for i in mirror.items}
@@ -1018,6 +1030,7 @@ class Harness:
         if running:
             assert isinstance(err, llm.RealtimeError), f"expected a RealtimeError: {err!r}"
             assert took < CLOSE_BOUND, f"the sync took {took:.2f}s to fail after aclose()"
+            STATS.hits[f"close_during_sync({when})"] += 1
         self.assert_no_pending()
         assert not getattr(self.session, "_sync_tasks", None), "a sync task outlived aclose()"
         await self._restart()
@@ -1327,6 +1340,7 @@ def run_machine(
         suppress_health_check=list(HealthCheck),
     )
     STATS.examples = STATS.steps = STATS.failures = 0
+    STATS.hits.clear()
     started = time.monotonic()
     try:
         run_state_machine_as_test(seeded, settings=config)
@@ -1340,6 +1354,7 @@ def run_machine(
             f"(budget {max_examples} x {steps}) failures={STATS.failures} "
             f"duration={time.monotonic() - started:.1f}s"
         )
+        print(f"{label}: hits " + ", ".join(f"{k}={v}" for k, v in sorted(STATS.hits.items())))
 
 
 def _seed() -> int:
@@ -1360,6 +1375,7 @@ def test_stateful_chat_ctx_sync() -> None:
     base = _seed()
     failed: list[int] = []
     examples = steps = 0
+    hits: Counter[str] = Counter()
     started = time.monotonic()
     for seed in range(base, base + SOAK_SEEDS):
         try:
@@ -1368,11 +1384,13 @@ def test_stateful_chat_ctx_sync() -> None:
             failed.append(seed)
         examples += STATS.examples
         steps += STATS.steps
+        hits.update(STATS.hits)
     print(
         f"\nstateful soak total: {SOAK_SEEDS} seeds ({base}..{base + SOAK_SEEDS - 1}) "
         f"x 5 examples x up to 40 steps: examples={examples} steps={steps} "
         f"failures={len(failed)} duration={time.monotonic() - started:.1f}s"
     )
+    print("stateful soak hits: " + ", ".join(f"{k}={v}" for k, v in sorted(hits.items())))
     assert not failed, f"failing seeds (FORK_STATEFUL_SEED=...): {failed}"
 
 
