@@ -9,7 +9,13 @@ does to the realtime conversation:
   (anywhere, sometimes with an id over 32 characters), remove an item, edit a message text or a
   function call's arguments/output, move a message, add a function call and its output, an
   "agent switch" (``AgentHandoff`` + ``AgentConfigUpdate`` + instructions message + a system
-  message, the user's report), two ``update_chat_ctx`` calls at once;
+  message, the user's report), two ``update_chat_ctx`` calls at once, a sync of an unchanged
+  context (sends nothing);
+* edits of what the server made: the text of a transcribed user turn or of a reply changed
+  (replaced in place: one delete and one create under the same id, same position) or only
+  re-spaced (not a change: nothing is sent);
+* trims (``ChatContext.truncate``) and clearing the context: known server items go, unknown
+  ones stay;
 * server-side turns with LiveKit's own bookkeeping mirrored on the local side the way
   ``AgentActivity`` does it: on ``input_audio_transcription_completed`` the local context gets
   ``ChatMessage(role="user", content=[transcript], id=item_id)``; a function call the session
@@ -17,35 +23,60 @@ does to the realtime conversation:
   the assistant message with the forwarded text and the message id is appended when the
   generation is over. User turns come with a transcript, a late transcript, or none; replies are
   text, audio, function calls or several of them;
-* a user turn whose transcript is still pending while the local side syncs;
+* a user turn whose transcript is still pending while the local side syncs, and one whose
+  transcript arrives after a sync was called and before it planned (kept by that sync);
+* an interrupted audio reply: ``session.truncate(..., audio_transcript=heard)`` as AgentActivity
+  does it, the local context then holding the heard text: the mirror holds it, the next sync
+  sends nothing, a reconnect replays it;
 * injected rejections of a chosen create or delete (``ChatContextSyncError`` with the server's
   code and the item id is expected, the rest of the sync lands, a retry converges);
-* dropped sockets (idle, and in the middle of a sync) and the client's reconnect.
+* dropped sockets (idle, in the middle of a sync) and the client's reconnect; syncs made while
+  the connection is down (once the client saw the drop, and from ``session_reconnected``) wait
+  for the replay and send only what it lacks;
+* ``aclose()`` while a sync waits for answers or for a connection: the sync raises a
+  ``RealtimeError`` within ``CLOSE_BOUND``, nothing stays pending; a new session is then opened
+  on the same server and context and synced from scratch.
+
+The model of the server conversation (see ``Harness``): *server-made* items are what the
+server created itself on the current connection (user turns, reply messages, function calls)
+and not yet replaced by a client create; they are pinned in position. Their content is
+*unknown* until the transcript arrives (user turns) or the reply or call is done; a sync
+called before that counts it as unknown. Unknown items are kept whatever the local side does;
+known ones follow the local context for presence and (message) text, whitespace folded.
 
 Invariants, checked after every step once everything has settled (``check``):
 
 1. the server sent no error but the injected ones, and no create without ``item.type``;
-2. every local item the protocol can carry is on the server (under its wire id: ids over 32
-   characters are ``"lk_" + blake2b(id, digest_size=14)``), with the same content, and the items
-   that are not *pinned* are in the local order. Pinned = audio messages the server created on
-   the current connection (user speech, audio replies): they keep their server position and
-   content whatever the local copy says;
-3. the server holds nothing else than pinned items (pending ones the local side does not have,
-   e.g. a turn without transcript, or one removed locally before any sync held it);
-4. no server audio item is lost, unless the local side deliberately removed it after a sync had
-   held it (then it must be gone), or it had no transcript when the connection dropped (a
-   documented loss, tracked in ``lost``); audio items WITH a transcript are replayed as text
-   under the same id and count as kept;
-5. the session mirror (``session.chat_ctx``) equals the server conversation;
+2. every local item the protocol can carry is on the server under its wire id (ids over 32
+   characters are ``"lk_" + blake2b(id, digest_size=14)``) with the same content: exact for
+   client-made messages; whitespace-folded text for server-made ones; a call or an output
+   holds the local content or a former one (upstream's diff never updates them in place);
+3. client-made items are in the local order (but for the ones the last sync replaced in place,
+   which the next sync moves); server-made ones are in their creation order, never re-created;
+4. the server holds nothing else than server-made items; every server-made item still exists;
+   the known ones are held locally; deleted ones never come back. After a reconnect the
+   server-made items are plain client items (the replay created them) and the unknown ones are
+   lost, with a warning (``lost``);
+5. the session mirror (``session.chat_ctx``) equals the server conversation, a truncated reply
+   holding the heard text;
 6. the session's unanswered item events (``_item_events``) are none after every
    settled call, and no sync task is left; every call settles within ``BOUND`` seconds; the
    number of live tasks stays bounded and none is left once the session is closed.
+
+Notes (the rule's consequences the model encodes):
+
+* an edited server item the local context holds at another position is replaced at its server
+  position and, being client-made from then on, moved by the next sync;
+* an output whose call is trimmed away is still sent in the sync that deletes the call (the
+  call is in the mirror when it plans) and deleted by the next one: ``trim`` drops such
+  outputs from the local context, as the model cannot tell them apart otherwise.
 
 Budget: ``max_examples=10, stateful_step_count=25`` in the default suite; ``FORK_SOAK=1`` (``nox
 -s soak``) runs 20 consecutive seeds with ``max_examples=5, stateful_step_count=40`` each and
 prints a line per seed and a total. The run is seeded: a failure prints
 ``FORK_STATEFUL_SEED=<n>``; setting that variable replays it (and hypothesis'
-``@reproduce_failure`` blob is printed too).
+``@reproduce_failure`` blob is printed too). ``FORK_STATEFUL_SHRINK=0`` skips shrinking (a
+quick look at a failure). Each run prints how often each of the newer rules hit its target.
 """
 
 from __future__ import annotations
