@@ -9,7 +9,13 @@ does to the realtime conversation:
   (anywhere, sometimes with an id over 32 characters), remove an item, edit a message text or a
   function call's arguments/output, move a message, add a function call and its output, an
   "agent switch" (``AgentHandoff`` + ``AgentConfigUpdate`` + instructions message + a system
-  message, the user's report), two ``update_chat_ctx`` calls at once;
+  message, the user's report), two ``update_chat_ctx`` calls at once, a sync of an unchanged
+  context (sends nothing);
+* edits of what the server made: the text of a transcribed user turn or of a reply changed
+  (replaced in place: one delete and one create under the same id, same position) or only
+  re-spaced (not a change: nothing is sent);
+* trims (``ChatContext.truncate``) and clearing the context: known server items go, unknown
+  ones stay;
 * server-side turns with LiveKit's own bookkeeping mirrored on the local side the way
   ``AgentActivity`` does it: on ``input_audio_transcription_completed`` the local context gets
   ``ChatMessage(role="user", content=[transcript], id=item_id)``; a function call the session
@@ -17,35 +23,60 @@ does to the realtime conversation:
   the assistant message with the forwarded text and the message id is appended when the
   generation is over. User turns come with a transcript, a late transcript, or none; replies are
   text, audio, function calls or several of them;
-* a user turn whose transcript is still pending while the local side syncs;
+* a user turn whose transcript is still pending while the local side syncs, and one whose
+  transcript arrives after a sync was called and before it planned (kept by that sync);
+* an interrupted audio reply: ``session.truncate(..., audio_transcript=heard)`` as AgentActivity
+  does it, the local context then holding the heard text: the mirror holds it, the next sync
+  sends nothing, a reconnect replays it;
 * injected rejections of a chosen create or delete (``ChatContextSyncError`` with the server's
   code and the item id is expected, the rest of the sync lands, a retry converges);
-* dropped sockets (idle, and in the middle of a sync) and the client's reconnect.
+* dropped sockets (idle, in the middle of a sync) and the client's reconnect; syncs made while
+  the connection is down (once the client saw the drop, and from ``session_reconnected``) wait
+  for the replay and send only what it lacks;
+* ``aclose()`` while a sync waits for answers or for a connection: the sync raises a
+  ``RealtimeError`` within ``CLOSE_BOUND``, nothing stays pending; a new session is then opened
+  on the same server and context and synced from scratch.
+
+The model of the server conversation (see ``Harness``): *server-made* items are what the
+server created itself on the current connection (user turns, reply messages, function calls)
+and not yet replaced by a client create; they are pinned in position. Their content is
+*unknown* until the transcript arrives (user turns) or the reply or call is done; a sync
+called before that counts it as unknown. Unknown items are kept whatever the local side does;
+known ones follow the local context for presence and (message) text, whitespace folded.
 
 Invariants, checked after every step once everything has settled (``check``):
 
 1. the server sent no error but the injected ones, and no create without ``item.type``;
-2. every local item the protocol can carry is on the server (under its wire id: ids over 32
-   characters are ``"lk_" + blake2b(id, digest_size=14)``), with the same content, and the items
-   that are not *pinned* are in the local order. Pinned = audio messages the server created on
-   the current connection (user speech, audio replies): they keep their server position and
-   content whatever the local copy says;
-3. the server holds nothing else than pinned items (pending ones the local side does not have,
-   e.g. a turn without transcript, or one removed locally before any sync held it);
-4. no server audio item is lost, unless the local side deliberately removed it after a sync had
-   held it (then it must be gone), or it had no transcript when the connection dropped (a
-   documented loss, tracked in ``lost``); audio items WITH a transcript are replayed as text
-   under the same id and count as kept;
-5. the session mirror (``session.chat_ctx``) equals the server conversation;
+2. every local item the protocol can carry is on the server under its wire id (ids over 32
+   characters are ``"lk_" + blake2b(id, digest_size=14)``) with the same content: exact for
+   client-made messages; whitespace-folded text for server-made ones; a call or an output
+   holds the local content or a former one (upstream's diff never updates them in place);
+3. client-made items are in the local order (but for the ones the last sync replaced in place,
+   which the next sync moves); server-made ones are in their creation order, never re-created;
+4. the server holds nothing else than server-made items; every server-made item still exists;
+   the known ones are held locally; deleted ones never come back. After a reconnect the
+   server-made items are plain client items (the replay created them) and the unknown ones are
+   lost, with a warning (``lost``);
+5. the session mirror (``session.chat_ctx``) equals the server conversation, a truncated reply
+   holding the heard text;
 6. the session's unanswered item events (``_item_events``) are none after every
    settled call, and no sync task is left; every call settles within ``BOUND`` seconds; the
    number of live tasks stays bounded and none is left once the session is closed.
+
+Notes (the rule's consequences the model encodes):
+
+* an edited server item the local context holds at another position is replaced at its server
+  position and, being client-made from then on, moved by the next sync;
+* an output whose call is trimmed away is still sent in the sync that deletes the call (the
+  call is in the mirror when it plans) and deleted by the next one: ``trim`` drops such
+  outputs from the local context, as the model cannot tell them apart otherwise.
 
 Budget: ``max_examples=10, stateful_step_count=25`` in the default suite; ``FORK_SOAK=1`` (``nox
 -s soak``) runs 20 consecutive seeds with ``max_examples=5, stateful_step_count=40`` each and
 prints a line per seed and a total. The run is seeded: a failure prints
 ``FORK_STATEFUL_SEED=<n>``; setting that variable replays it (and hypothesis'
-``@reproduce_failure`` blob is printed too).
+``@reproduce_failure`` blob is printed too). ``FORK_STATEFUL_SHRINK=0`` skips shrinking (a
+quick look at a failure). Each run prints how often each of the newer rules hit its target.
 """
 
 from __future__ import annotations
@@ -56,6 +87,7 @@ import json
 import os
 import random
 import time
+from collections import Counter
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -90,6 +122,8 @@ SOAK = os.environ.get("FORK_SOAK") == "1"
 
 BOUND = 3.0
 """Seconds any single call or server turn may take before the test calls it stuck."""
+CLOSE_BOUND = 1.0
+"""Seconds a sync may take to fail once ``aclose()`` was called."""
 MAX_LIVE_TASKS = 40
 PENDING_MAPS = ("_item_events",)  # the session's unanswered item events (len)
 
@@ -173,51 +207,114 @@ class Stats:
     examples: int = 0
     steps: int = 0
     failures: int = 0
+    hits: Counter[str] = field(default_factory=Counter)
+    """how often each rule did what it is there for (not a no-op for want of a target)"""
 
 
 STATS = Stats()
 
 
+def fold(texts: Sequence[str]) -> str:
+    """A text as the planner compares server-made items: whitespace runs folded."""
+    return " ".join(" ".join(texts).split())
+
+
+def snapshot(conv: list[JsonDict]) -> dict[str, JsonDict]:
+    """A deep copy of a server conversation by id (the fake mutates its items in place)."""
+    return {i["id"]: json.loads(json.dumps(i)) for i in conv}
+
+
 class Harness:
-    """One fake server, one real session, the local (agent-side) context and what to expect."""
+    """One fake server, one real session, the local (agent-side) context and what to expect.
+
+    The model of the server conversation (the rule of ``chat_sync``):
+
+    * ``server_made``: the items the server created itself on the current connection (user
+      turns, reply messages, function calls) that are still the server's (not replaced by a
+      client create), in the server's order. They are pinned in position: never moved, never
+      re-created while they are the server's.
+    * ``known_at``: the clock value at which an item's content became known to the client
+      (transcript delivered, reply or call done); server-made items not in it are *unknown*
+      and are kept whatever the local side does. A sync that began before an item became
+      known treats it as unknown.
+    * a known server-made item follows the local context: absent after a sync -> deleted
+      (``gone``); text changed (whitespace folded) -> replaced in place by a client text item
+      under the same id, which is client-made from then on.
+    * ``heard``: truncated replies on the current connection and the text the user heard
+      (the server's transcript is cut to "", the mirror holds the heard text).
+    """
 
     def __init__(self, server: FakeAzureRealtimeServer) -> None:
         self.server = server
         self.loop = asyncio.get_running_loop()
+        self.local = llm.ChatContext.empty()
+        self.server_made: dict[str, str] = {}
+        """server-made items of the current connection still the server's -> kind"""
+        self.known_at: dict[str, int] = {}
+        self.clock = 0
+        self.heard: dict[str, str] = {}
+        self.gone: set[str] = set()
+        """known server-made items a sync deleted: must never be on the server again"""
+        self.lost: set[str] = set()
+        """unknown items when a connection dropped: documented losses"""
+        self.seen: set[str] = set()
+        """every id that was on the server after a sync (client-made ones included)"""
+        self.rewritten: set[str] = set()
+        """server-made items the client re-created as text, replaced or replayed in place"""
+        self.displaced: set[str] = set()
+        """server items the last sync replaced in place: client-made now, so the next sync
+        moves them where the local context holds them (see the module notes)"""
+        self.versions: dict[str, set[Norm]] = {}
+        """former contents of function calls and outputs (their edits are not sent)"""
+        self.rejections: list[Rejection] = []
+        self.counter = 0
+        self.closes = 0
+        self._open_session()
+
+    def _open_session(self) -> None:
         self.model = make_model(
-            server,
-            **session_options(server.protocol, turn_detection=None),
+            self.server,
+            **session_options(self.server.protocol, turn_detection=None),
         )
         self.session = self.model.session()
-        self.local = llm.ChatContext.empty()
-        self.pinned: set[str] = set()
-        """audio messages the server created on the current connection and still holds"""
-        self.held: set[str] = set()
-        """pinned items some update_chat_ctx call was given with content"""
-        self.audio_all: set[str] = set()
-        self.removed: set[str] = set()
-        """pinned items the local side removed after holding them: must be deleted"""
-        self.lost: set[str] = set()
-        """audio items without transcript when a connection dropped: documented losses"""
-        self.untranscribed: set[str] = set()
-        self.rejections: list[Rejection] = []
         self.gen_tasks: list[asyncio.Task[Generation]] = []
-        self.counter = 0
+        self.client_errors: list[llm.RealtimeModelError] = []
         self.session.on("input_audio_transcription_completed", self._on_transcript)
         self.session.on("generation_created", self._on_generation)
+        self.session.on("error", self.client_errors.append)
 
     @classmethod
     async def create(cls) -> Harness:
         server = FakeAzureRealtimeServer()
         await server.start()
         harness = cls(server)
-        await server.wait_connected(timeout=BOUND)
-        # server turns are played by the test: the session's settings (transcription) first
-        await server.wait_received("session.update", timeout=BOUND)
+        await harness._wait_session()
         return harness
 
+    async def _wait_session(self) -> None:
+        connections = self.server.connections
+        await self.server.wait_connected(connections + 1, timeout=BOUND)
+        # server turns are played by the test: the session's settings (transcription) first
+        await self.server.wait_for(
+            lambda: "session.update" in self.server.received_types(self.server.connections - 1),
+            BOUND,
+        )
+
+    async def aclose_session(self) -> None:
+        """``session.aclose()`` within BOUND, called directly: ``wait_for`` would start it in a
+        task of its own, and the service's answers already received would be read first."""
+        current = asyncio.current_task()
+        assert current is not None
+        watchdog = self.loop.call_later(BOUND, current.cancel)
+        try:
+            await self.session.aclose()
+        except asyncio.CancelledError:
+            raise AssertionError(f"aclose() did not return within {BOUND}s") from None
+        finally:
+            watchdog.cancel()
+
     async def close(self, *, check_tasks: bool) -> None:
-        await asyncio.wait_for(self.session.aclose(), BOUND)
+        await self.aclose_session()
         for task in self.gen_tasks:
             task.cancel()
         await self.model.aclose()
@@ -234,12 +331,16 @@ class Harness:
 
     # ------------------------------------------------------------------ AgentActivity mirror
 
+    def _tick(self) -> int:
+        self.clock += 1
+        return self.clock
+
     def _on_transcript(self, ev: llm.InputTranscriptionCompleted) -> None:
         if ev.is_final:
+            self.known_at.setdefault(ev.item_id, self._tick())
             self.local.items.append(
                 llm.ChatMessage(role="user", content=[ev.transcript], id=ev.item_id)
             )
-            self.untranscribed.discard(ev.item_id)
 
     def _on_generation(self, ev: llm.GenerationCreatedEvent) -> None:
         async def _read() -> Generation:
@@ -260,13 +361,32 @@ class Harness:
 
         self.gen_tasks.append(asyncio.create_task(_read()))
 
+    def _scan_server_made(self, *, done: bool) -> None:
+        """Register the items the server made since the last look, in its order.
+
+        ``done``: the server turn is over, so replies and calls are known (user turns are known
+        once their transcript arrived, see ``_on_transcript``).
+        """
+        for item in self.server.conversation:
+            item_id = item["id"]
+            if item_id in self.seen or item_id in self.server_made:
+                continue
+            kind = "call" if item["type"] == "function_call" else item["role"]
+            self.server_made[item_id] = kind
+            if item["type"] == "function_call":
+                self.versions.setdefault(item_id, set()).add(norm_server(item))
+        if done:
+            for item_id, kind in self.server_made.items():
+                if kind != "user":
+                    self.known_at.setdefault(item_id, self._tick())
+
     async def _apply_generations(self) -> None:
         """Bookkeeping after replies: calls first (tool start), outputs, then the messages."""
+        self._scan_server_made(done=True)
         tasks, self.gen_tasks = self.gen_tasks, []
         if not tasks:
             return
         gens = await asyncio.wait_for(asyncio.gather(*tasks), BOUND)
-        by_id = {item["id"]: item for item in self.server.conversation}
         for gen in gens:
             for fnc in gen.calls:
                 self.local.items.append(fnc.model_copy())
@@ -281,12 +401,6 @@ class Harness:
                 for fnc in gen.calls
             ]
             for message_id, text in gen.messages:
-                server_item = by_id.get(message_id)
-                if server_item is not None and any(
-                    part["type"] == "audio" for part in server_item.get("content") or []
-                ):
-                    self.pinned.add(message_id)
-                    self.audio_all.add(message_id)
                 if text:
                     self.local.items.append(
                         llm.ChatMessage(role="assistant", content=[text], id=message_id)
@@ -314,18 +428,69 @@ class Harness:
         sizes = self.pending_sizes()
         assert not any(sizes.values()), f"pending maps not empty after a settled call: {sizes}"
 
-    def _mark_held(self, ctx: llm.ChatContext) -> None:
-        for item in ctx.items:
-            wid = wire_id(item.id)
-            if wid in self.pinned and item.type == "message" and item.content:
-                self.held.add(wid)
+    def known(self, wid: str, since: int | None = None) -> bool:
+        at = self.known_at.get(wid)
+        return at is not None and (since is None or at <= since)
+
+    def unknown_server_items(self) -> list[str]:
+        return [wid for wid in self.server_made if not self.known(wid)]
+
+    def view(self, item: JsonDict) -> Norm:
+        """A server item as the client knows it: a truncated reply holds what was heard."""
+        heard = self.heard.get(item["id"])
+        if heard is not None:
+            return ("message", item["role"], (heard,) if heard else ())
+        return norm_server(item)
+
+    def local_protocol(self, ctx: llm.ChatContext | None = None) -> dict[str, Norm]:
+        ctx = self.local if ctx is None else ctx
+        return {wire_id(i.id): n for i in ctx.items if (n := expected_on_server(i)) is not None}
+
+    def item_events(self, since: int) -> list[JsonDict]:
+        """Create and delete events the server received from index ``since`` of ``received``."""
+        return [
+            r.event
+            for r in self.server.received[since:]
+            if r.event.get("type") in ("conversation.item.create", "conversation.item.delete")
+        ]
+
+    def _transition(
+        self,
+        ctx: llm.ChatContext,
+        since: int,
+        before: dict[str, JsonDict],
+        ok: bool,
+    ) -> None:
+        """What a sync of ``ctx`` begun at clock ``since`` did to the server-made items."""
+        held = self.local_protocol(ctx)
+        now = {i["id"]: i for i in self.server.conversation}
+        if ok:
+            self.displaced.clear()
+        for wid in list(self.server_made):
+            if not self.known(wid, since) or wid not in before:
+                continue  # kept as it is
+            old = before[wid]
+            if wid not in held:
+                if ok or wid not in now:
+                    del self.server_made[wid]
+                    self.gone.add(wid)
+                continue
+            new = held[wid]
+            old_view = self.view(old)
+            if old_view[0] != "message" or fold(old_view[2]) == fold(new[2]):
+                continue  # held as it is (or as its own text, or elsewhere): not a change
+            if ok or now.get(wid) != old:
+                # replaced in place by a text item, which stays server-made: it keeps its place
+                self.heard.pop(wid, None)
+                self.rewritten.add(wid)
 
     async def sync(self, ctx: llm.ChatContext, *, alone: bool = True) -> Exception | None:
         """``update_chat_ctx`` within BOUND; returns the sync error it raised, if any.
 
         ``alone``: no other call is in flight, so the pending maps must be empty afterwards.
         """
-        self._mark_held(ctx)
+        since = self.clock
+        before = snapshot(self.server.conversation)
         err: Exception | None = None
         try:
             await asyncio.wait_for(self.session.update_chat_ctx(ctx), BOUND)
@@ -335,12 +500,8 @@ class Harness:
             err = e
         if alone:
             self.assert_no_pending()
-        if err is None:
-            # a pinned item some sync held and this context lacks was removed on purpose
-            ids = {wire_id(i.id) for i in ctx.items}
-            for wid in self.pinned & self.held - ids:
-                self.removed.add(wid)
-                self._forget_pinned(wid)
+        self._transition(ctx, since, before, err is None)
+        self.seen.update(self.server.conversation_ids())
         return err
 
     async def sync_ok(self, ctx: llm.ChatContext) -> None:
@@ -349,8 +510,12 @@ class Harness:
 
     def _mirror_matches(self) -> bool:
         mirror = [(i.id, norm_mirror(i)) for i in self.session.chat_ctx.items]
-        server = [(i["id"], norm_server_for_mirror(i)) for i in self.server.conversation]
+        server = [(i["id"], self._mirror_view(i)) for i in self.server.conversation]
         return mirror == server
+
+    def _mirror_view(self, item: JsonDict) -> Norm:
+        norm = self.view(item)
+        return norm[:3] if norm[0] == "function_call" else norm
 
     def _quiet(self) -> bool:
         return (
@@ -372,9 +537,15 @@ class Harness:
         items = [i for i in self.local.items if pred is None or pred(i)]
         return items[n % len(items)] if items else None
 
-    def _forget_pinned(self, wid: str) -> None:
-        self.pinned.discard(wid)
-        self.held.discard(wid)
+    def _server_message(self, item: llm.ChatItem) -> bool:
+        """A local copy of a known server-made message."""
+        wid = wire_id(item.id)
+        return (
+            item.type == "message"
+            and wid in self.server_made
+            and self.server_made[wid] != "call"
+            and self.known(wid)
+        )
 
     # ------------------------------------------------------------------ local edits
 
@@ -412,16 +583,7 @@ class Harness:
         if item is None:
             return
         self._remove_locally(item)
-        wid = wire_id(item.id)
         await self.sync_ok(self.local)
-        self._removed_audio(wid)
-
-    def _removed_audio(self, wid: str) -> None:
-        """The local side removed ``wid`` and synced: a former server audio item (replayed as
-        text after a reconnect) must now be gone. Pinned ones are handled by ``sync``: deleted
-        if a sync held them, else kept (the local side may just lack them yet)."""
-        if wid in self.audio_all and wid not in self.pinned:
-            self.removed.add(wid)
 
     async def edit(self, which: int, text: str) -> None:
         item = self._pick(which, lambda i: norm_item(i) is not None)
@@ -435,7 +597,69 @@ class Harness:
         else:
             new = item.model_copy(update={"output": text})
         self.local.items[idx] = new
+        wid = wire_id(item.id)
+        if item.type == "message":
+            await self.sync_ok(self.local)
+            return
+        # upstream's diff (and so the planner) never updates a call or an output in place
+        old_norm = norm_item(item)
+        assert old_norm is not None
+        self.versions.setdefault(wid, set()).add(old_norm)
+        before = snapshot(self.server.conversation).get(wid)
+        received = len(self.server.received)
         await self.sync_ok(self.local)
+        assert not self.item_events(received), "editing a call or an output sent events"
+        assert snapshot(self.server.conversation).get(wid) == before
+
+    async def edit_server_item(self, which: int, text: str, whitespace: bool) -> None:
+        """Change the text of a transcribed user turn or of a reply the server made.
+
+        A real change replaces it in place (one delete and one create under the same id, same
+        position); a whitespace-only change is no change: nothing is sent.
+        """
+        item = self._pick(which, self._server_message)
+        if item is None:
+            return
+        wid = wire_id(item.id)
+        server_item = snapshot(self.server.conversation)[wid]
+        current = self.view(server_item)[2]
+        if whitespace:
+            new_text = "  " + "\n ".join(" ".join(current).split()) + " "
+        else:
+            new_text = text if fold([text]) != fold(current) else text + " (edited)"
+        idx = self.local.items.index(item)
+        assert isinstance(item, llm.ChatMessage)
+        self.local.items[idx] = item.model_copy(update={"content": [new_text]})
+        # the items the last sync replaced in place are moved by this one (see resync)
+        displaced = set(self.displaced)
+        ids_before = [i for i in self.server.conversation_ids() if i not in displaced]
+        received = len(self.server.received)
+        await self.sync_ok(self.local)
+        events = [
+            e
+            for e in self.item_events(received)
+            if (e.get("item_id") or e["item"]["id"]) not in displaced
+        ]
+        if whitespace:
+            assert not events, ("a whitespace-only edit was sent", events)
+            STATS.hits["edit_server_item(whitespace)"] += 1
+            assert snapshot(self.server.conversation)[wid] == server_item
+            assert wid in self.server_made
+            return
+        ids_after = [i for i in self.server.conversation_ids() if i not in displaced]
+        assert ids_after == ids_before, (
+            f"an edited server item moved: before {ids_before}, after {ids_after}"
+        )
+        kinds = sorted((e["type"], e.get("item_id") or e["item"]["id"]) for e in events)
+        assert kinds == [
+            ("conversation.item.create", wid),
+            ("conversation.item.delete", wid),
+        ], events
+        part = "input_text" if item.role == "user" else "text"
+        got = snapshot(self.server.conversation)[wid]["content"]
+        assert got == [{"type": part, "text": new_text}], got
+        assert wid in self.server_made, "a server item replaced in place must keep its place"
+        STATS.hits[f"edit_server_item({item.role})"] += 1
 
     async def move(self, which: int, to: int) -> None:
         item = self._pick(which, lambda i: i.type == "message")
@@ -444,6 +668,32 @@ class Harness:
         self.local.items.remove(item)
         self.local.items.insert(to % (len(self.local.items) + 1), item)
         await self.sync_ok(self.local)
+
+    def _drop_orphan_outputs(self) -> None:
+        # see the module notes: an output whose call the same sync deletes is sent once more
+        calls = {i.call_id for i in self.local.items if i.type == "function_call"}
+        self.local.items = [
+            i for i in self.local.items if i.type != "function_call_output" or i.call_id in calls
+        ]
+
+    async def trim(self, keep: int) -> None:
+        """``ChatContext.truncate``: known server items trimmed away go, unknown ones stay."""
+        self.local.truncate(max_items=keep)
+        self._drop_orphan_outputs()
+        unknown = self.unknown_server_items()
+        await self.sync_ok(self.local)
+        ids = self.server.conversation_ids()
+        assert all(wid in ids for wid in unknown), ("an unknown server item was trimmed", ids)
+        assert set(ids) == set(self.local_protocol()) | set(unknown), ids
+        STATS.hits["trim" + ("(unknown kept)" if unknown else "")] += 1
+
+    async def clear(self) -> None:
+        """An empty context: the server keeps only the server items of unknown content."""
+        self.local.items.clear()
+        unknown = self.unknown_server_items()
+        await self.sync_ok(self.local)
+        assert self.server.conversation_ids() == unknown
+        STATS.hits["clear" + ("(unknown kept)" if unknown else "")] += 1
 
     async def agent_switch(self, instructions: str, text: str) -> None:
         """What the user did on every agent switch, with the framework's items around it."""
@@ -463,6 +713,16 @@ class Harness:
         errors = await asyncio.gather(self.sync(older, alone=False), self.sync(newer, alone=False))
         assert all(e is None for e in errors), errors
         self.assert_no_pending()
+
+    async def resync(self) -> None:
+        """A sync of an unchanged context sends nothing (every step leaves it converged), but
+        for moving the items the last sync replaced in place where the local context has them.
+        """
+        displaced = set(self.displaced)
+        received = len(self.server.received)
+        await self.sync_ok(self.local)
+        sent = [e.get("item_id") or e["item"]["id"] for e in self.item_events(received)]
+        assert set(sent) <= displaced, ("a sync of an unchanged context sent events", sent)
 
     # ------------------------------------------------------------------ injected rejections
 
@@ -491,12 +751,10 @@ class Harness:
         await self.sync_ok(self.local)  # a retry converges
 
     async def reject_delete(self, which: int, code: str) -> None:
+        on_server = set(self.server.conversation_ids())
         item = self._pick(
             which,
-            lambda i: (
-                expected_on_server(i) is not None
-                and (wire_id(i.id) not in self.pinned or wire_id(i.id) in self.held)
-            ),
+            lambda i: expected_on_server(i) is not None and wire_id(i.id) in on_server,
         )
         if item is None:
             return
@@ -515,7 +773,6 @@ class Harness:
         assert target in self.server.conversation_ids()
         await self.sync_ok(self.local)
         assert target not in self.server.conversation_ids()
-        self._removed_audio(target)
 
     # ------------------------------------------------------------------ server-side turns
 
@@ -523,17 +780,10 @@ class Harness:
         if reply:
             self.server.script(tuple(reply))
 
-    def _track_user_turn(self, item_id: str, transcript: str | None) -> None:
-        self.pinned.add(item_id)
-        self.audio_all.add(item_id)
-        if transcript is None:
-            self.untranscribed.add(item_id)
-
     async def user_turn(self, transcript: str | None, delay: float, reply: Sequence[Reply]) -> None:
         self._script(reply)
         turn = self.server.user_audio_turn(transcript, delay, respond=bool(reply))
-        item_id = await asyncio.wait_for(turn, BOUND)
-        self._track_user_turn(item_id, transcript)
+        await asyncio.wait_for(turn, BOUND)
         await self.settle()
         await self._apply_generations()
 
@@ -543,74 +793,162 @@ class Harness:
         await self.settle()
         await self._apply_generations()
 
-    async def sync_while_transcript_pending(self, transcript: str, text: str) -> None:
-        """A local sync lands while the server holds a user turn the local side lacks yet."""
+    async def _pending_user_turn(
+        self, transcript: str, delay: float
+    ) -> tuple[str, asyncio.Task[str]]:
+        """A user turn the client has seen and whose transcript arrives ``delay`` s later."""
         before = len(self.server.conversation)
         turn = asyncio.create_task(
-            self.server.user_audio_turn(transcript, transcript_delay=0.15, respond=False)
+            self.server.user_audio_turn(transcript, transcript_delay=delay, respond=False)
         )
+        await self.server.wait_for(lambda: len(self.server.conversation) > before, BOUND)
+        user_id = self.server.conversation_ids()[-1]
+        deadline = time.monotonic() + BOUND
+        while self.session.chat_ctx.get_by_id(user_id) is None:
+            assert time.monotonic() < deadline, "the client never saw the user turn"
+            await asyncio.sleep(0.002)
+        self._scan_server_made(done=False)
+        return user_id, turn
+
+    async def sync_while_transcript_pending(self, transcript: str, text: str) -> None:
+        """A local sync lands while the server holds a user turn the local side lacks yet."""
+        user_id, turn = await self._pending_user_turn(transcript, 0.15)
         try:
-            await self.server.wait_for(lambda: len(self.server.conversation) > before, BOUND)
-            user_id = self.server.conversation_ids()[-1]
-            deadline = time.monotonic() + BOUND
-            while self.session.chat_ctx.get_by_id(user_id) is None:
-                assert time.monotonic() < deadline, "the client never saw the user turn"
-                await asyncio.sleep(0.002)
-            self._track_user_turn(user_id, transcript)
-            self.untranscribed.add(user_id)  # until the transcript arrives
             prev = next(
                 (wire_id(i.id) for i in reversed(self.local.items) if expected_on_server(i)), None
             )
             msg = self.local.add_message(role="system", content=text, id=self.new_id("late"))
             await self.sync_ok(self.local)
             ids = self.server.conversation_ids()
-            if prev is not None and prev in ids:
-                between = ids[ids.index(prev) + 1 : ids.index(user_id)] if user_id in ids else []
-                local_ids = {wire_id(i.id) for i in self.local.items}
-                if user_id in ids and ids.index(prev) < ids.index(user_id):
-                    if all(i in self.pinned and i not in local_ids for i in between):
-                        assert ids.index(msg.id) > ids.index(user_id), (
-                            "a new item was inserted before a pending user turn",
-                            ids,
-                        )
+            assert user_id in ids, "a user turn with a pending transcript was deleted"
+            if prev is not None and prev in ids and ids.index(prev) < ids.index(user_id):
+                between = ids[ids.index(prev) + 1 : ids.index(user_id)]
+                local_ids = set(self.local_protocol())
+                if all(i in self.server_made and i not in local_ids for i in between):
+                    assert ids.index(msg.id) > ids.index(user_id), (
+                        "a new item was inserted before a pending user turn",
+                        ids,
+                    )
         finally:
             await asyncio.wait_for(turn, BOUND)
         await self.settle()
 
+    async def transcript_during_sync(self, transcript: str, texts: Sequence[str]) -> None:
+        """A transcript that arrives after a sync began: that sync keeps the turn.
+
+        A sync of many items is answered while the transcript arrives; a second sync, called
+        before the transcript with a context that lacks the turn, waits for the first one and
+        plans after the transcript: the turn is new to it, so it must stay.
+        """
+        user_id, turn = await self._pending_user_turn(transcript, 0.01)
+        try:
+            for text in texts:
+                self.local.add_message(role="user", content=text, id=self.new_id("big"))
+            ctx = llm.ChatContext(items=list(self.local.items))
+            since = self.clock
+            errors = await asyncio.gather(
+                self.sync(ctx, alone=False), self.sync(ctx.copy(), alone=False)
+            )
+            assert errors == [None, None], errors
+            self.assert_no_pending()
+            if self.known_at.get(user_id, -1) > since:
+                STATS.hits["transcript_during_sync"] += 1
+            assert user_id in self.server.conversation_ids(), (
+                "a turn whose transcript arrived during the sync was deleted"
+            )
+        finally:
+            await asyncio.wait_for(turn, BOUND)
+        await self.settle()
+
+    async def truncate_reply(self, which: int, cut: int, end_ms: int) -> None:
+        """AgentActivity on interruption: truncate an audio reply to what the user heard.
+
+        The session is told the heard text; the local context holds it (``interrupted``). The
+        server cuts the audio (and its transcript), the mirror holds the heard text, and the
+        next sync sends nothing for the reply.
+        """
+        conv = snapshot(self.server.conversation)
+        candidates = [
+            wid
+            for wid, kind in self.server_made.items()
+            if kind == "assistant"
+            and wid not in self.heard
+            and self.local.get_by_id(wid) is not None
+            and any(p["type"] == "audio" for p in conv[wid].get("content") or [])
+        ]
+        if not candidates:
+            return
+        wid = candidates[which % len(candidates)]
+        full = conv[wid]["content"][0].get("transcript") or ""
+        words = full.split(" ")
+        heard = " ".join(words[: 1 + cut % len(words)]).strip() or full
+        truncated = len(self.server.sent_events("conversation.item.truncated"))
+        self.session.truncate(
+            message_id=wid,
+            modalities=["audio", "text"],
+            audio_end_ms=end_ms,
+            audio_transcript=heard,
+        )
+        await self.server.wait_for(
+            lambda: len(self.server.sent_events("conversation.item.truncated")) > truncated, BOUND
+        )
+        deadline = time.monotonic() + BOUND
+        while True:
+            mirror = self.session.chat_ctx.get_by_id(wid)
+            if mirror is not None and norm_mirror(mirror) == ("message", "assistant", (heard,)):
+                break
+            assert time.monotonic() < deadline, ("the mirror never held the heard text", mirror)
+            await asyncio.sleep(0.002)
+        self.heard[wid] = heard
+        local = self.local.get_by_id(wid)
+        assert isinstance(local, llm.ChatMessage)
+        self.local.items[self.local.items.index(local)] = local.model_copy(
+            update={"content": [heard], "interrupted": True}
+        )
+        received = len(self.server.received)
+        await self.sync_ok(self.local)
+        assert not self.item_events(received), (
+            "a truncated reply was re-sent",
+            self.item_events(received),
+        )
+        assert self.server.conversation_ids().count(wid) == 1
+        STATS.hits["truncate_reply"] += 1
+
     # ------------------------------------------------------------------ connection drops
 
-    def _expect_replay(self) -> tuple[list[tuple[str, Norm]], set[str]]:
-        before = self.server.conversation
-        lost = {i["id"] for i in before if i["id"] in self.untranscribed}
-        kept = [(i["id"], norm_server(i)) for i in before if i["id"] not in lost]
+    def _on_drop(self, before: list[JsonDict]) -> tuple[list[tuple[str, Norm]], set[str]]:
+        """The connection is gone: what the replay must hold, and the documented losses.
+
+        The replay re-creates the known server-made items as text, in their places, and they stay
+        server-made there (a sync does not move them); the unknown ones are lost.
+        """
+        lost = set(self.unknown_server_items())
+        kept = [(i["id"], self.view(i)) for i in before if i["id"] not in lost]
+        self.lost |= lost
+        self.server_made = {w: k for w, k in self.server_made.items() if w not in lost}
+        self.rewritten |= set(self.server_made)
+        self.heard.clear()
         return kept, lost
 
     async def _await_reconnect(self, connections: int) -> None:
         await self.server.wait_connected(connections + 1, timeout=BOUND)
         await self.settle()
 
-    def _after_reconnect(self, lost: set[str]) -> None:
-        # pinned items the local side lacks (removed before any sync held them) are plain
-        # text on the new connection: the next sync deletes them
-        local_ids = {wire_id(i.id) for i in self.local.items}
-        self.removed |= self.pinned - lost - local_ids
-        self.lost |= lost
-        self.untranscribed -= lost
-        self.pinned.clear()
-        self.held.clear()
-
-    async def drop(self) -> None:
-        kept, lost = self._expect_replay()
-        connections = self.server.connections
-        await self.server.drop_connections(BOUND)
-        await self._await_reconnect(connections)
+    def _assert_replayed(self, kept: list[tuple[str, Norm]]) -> None:
         replayed = [(i["id"], norm_server(i)) for i in self.server.conversation]
         assert replayed == kept, ("the reconnect did not replay the conversation", replayed, kept)
-        self._after_reconnect(lost)
+
+    async def drop(self) -> None:
+        before = self.server.conversation
+        connections = self.server.connections
+        await self.server.drop_connections(BOUND)
+        kept, _ = self._on_drop(before)
+        await self._await_reconnect(connections)
+        self._assert_replayed(kept)
         await self.sync_ok(self.local)
 
     async def drop_during_sync(self, texts: Sequence[str]) -> None:
-        _, lost = self._expect_replay()
+        before = self.server.conversation
         connections = self.server.connections
         creates = self.server.received_count("conversation.item.create")
         for text in texts:
@@ -621,12 +959,152 @@ class Harness:
                 lambda: self.server.received_count("conversation.item.create") > creates, BOUND
             )
             await self.server.drop_connections(BOUND)
+            self._on_drop(before)
         finally:
             err = await asyncio.wait_for(task, BOUND)
         assert err is None or isinstance(err, ChatContextSyncError)
         await self._await_reconnect(connections)
-        self._after_reconnect(lost)
         await self.sync_ok(self.local)
+
+    async def sync_across_reconnect(self, texts: Sequence[str], when: str) -> None:
+        """A sync made while the connection is down (``"drop"``: once the client saw the drop;
+        ``"reconnected"``: from the ``session_reconnected`` event) waits for the replay and
+        sends only what the replayed conversation lacks."""
+        for text in texts:
+            self.local.add_message(role="user", content=text, id=self.new_id("rc"))
+        before = self.server.conversation
+        mirror_before = self.session.chat_ctx.copy()
+        connections = self.server.connections
+        errors = len(self.client_errors)
+        syncs: list[asyncio.Task[Exception | None]] = []
+
+        def _on_reconnected(_: object) -> None:
+            syncs.append(asyncio.create_task(self.sync(self.local)))
+
+        if when == "reconnected":
+            self.session.once("session_reconnected", _on_reconnected)
+        await self.server.drop_connections(BOUND)
+        kept, _ = self._on_drop(before)
+        # what a sync needs on top of the replay, from the mirror the replay is made of
+        missing = self._missing_after_replay(mirror_before, kept)
+        try:
+            if when == "drop":
+                deadline = time.monotonic() + BOUND
+                while len(self.client_errors) == errors:
+                    assert time.monotonic() < deadline, "the client never saw the drop"
+                    await asyncio.sleep(0.002)
+                assert self.server.connections == connections, "reconnected too early"
+                syncs.append(asyncio.create_task(self.sync(self.local)))
+            await self.server.wait_for(lambda: bool(syncs), BOUND)
+            err = await asyncio.wait_for(asyncio.shield(syncs[0]), BOUND)
+        finally:
+            for task in syncs:
+                task.cancel()
+        assert err is None, f"a sync across a reconnect failed: {err!r}"
+        await self.settle()
+        conn = self.server.connections - 1
+        assert conn == connections, "more than one reconnect"
+        creates = self.server.received_types(conn).count("conversation.item.create")
+        assert creates == len(kept) + missing, (
+            "the sync across a reconnect did not send only what was missing",
+            creates,
+            len(kept),
+            missing,
+        )
+        STATS.hits[f"sync_across_reconnect({when})"] += 1
+
+    def _missing_after_replay(self, mirror: llm.ChatContext, kept: list[tuple[str, Norm]]) -> int:
+        """Creates a sync needs on top of the replay: upstream's diff of the client items, plus a
+        replacement for each replayed server-made item whose text the local context changed
+        (server-made items keep their places, so they are left out of the diff)."""
+        by_id = {i.id: i for i in mirror.items}
+        fixed = set(self.server_made)
+        old = llm.ChatContext(
+            items=[by_id[wid] for wid, _ in kept if wid in by_id and wid not in fixed]
+        )
+        local = [
+            i.model_copy(update={"id": wire_id(i.id)})
+            for i in self.local.items
+            if expected_on_server(i) is not None
+        ]
+        new = llm.ChatContext(items=[i for i in local if i.id not in fixed])
+        ops = llm.utils.compute_chat_ctx_diff(old, new)
+        views = dict(kept)
+        replaced = sum(
+            1
+            for i in local
+            if i.id in fixed
+            and i.id in views
+            and views[i.id][0] == "message"
+            and (held := expected_on_server(i)) is not None
+            and fold(views[i.id][2]) != fold(held[2])
+        )
+        return len(ops.to_create) + len(ops.to_update) + replaced
+
+    # ------------------------------------------------------------------ closing
+
+    async def close_during_sync(self, texts: int, when: str) -> None:
+        """``aclose()`` while a sync runs (``"sending"``: its events are being answered;
+        ``"reconnecting"``: it waits for a connection) fails it promptly, leaves nothing
+        pending; then a new session is opened on the same context and synced from scratch."""
+        for k in range(texts):
+            self.local.add_message(role="user", content=f"close {k}", id=self.new_id("cl"))
+        creates = self.server.received_count("conversation.item.create")
+        if when == "reconnecting":
+            errors = len(self.client_errors)
+            await self.server.drop_connections(BOUND)
+            deadline = time.monotonic() + BOUND
+            while len(self.client_errors) == errors:
+                assert time.monotonic() < deadline, "the client never saw the drop"
+                await asyncio.sleep(0.002)
+        task = asyncio.create_task(self.session.update_chat_ctx(self.local))
+        try:
+            if when == "sending":
+                await self.server.wait_for(
+                    lambda: self.server.received_count("conversation.item.create") > creates,
+                    BOUND,
+                )
+            else:
+                await asyncio.sleep(0.01)
+            # the sync still waits for the service (an answered one may still succeed)
+            running = not task.done() and (
+                when == "reconnecting" or any(self.pending_sizes().values())
+            )
+            closed_at = time.monotonic()
+            await self.aclose_session()
+            try:
+                await asyncio.wait_for(asyncio.shield(task), BOUND)
+                err: BaseException | None = None
+            except llm.RealtimeError as e:
+                err = e
+            took = time.monotonic() - closed_at
+        finally:
+            if not task.done():
+                task.cancel()
+        if running:
+            assert isinstance(err, llm.RealtimeError), f"expected a RealtimeError: {err!r}"
+            assert took < CLOSE_BOUND, f"the sync took {took:.2f}s to fail after aclose()"
+            STATS.hits[f"close_during_sync({when})"] += 1
+        self.assert_no_pending()
+        assert not getattr(self.session, "_sync_tasks", None), "a sync task outlived aclose()"
+        await self._restart()
+
+    async def _restart(self) -> None:
+        """A new session on the same server, synced with the local context from scratch."""
+        self.closes += 1
+        for task in self.gen_tasks:
+            task.cancel()
+        await self.model.aclose()
+        lost = set(self.unknown_server_items())
+        self.lost |= lost
+        self.server_made.clear()
+        self.heard.clear()
+        self._open_session()
+        await self._wait_session()
+        received = len(self.server.received)
+        await self.sync_ok(self.local)
+        creates = [e for e in self.item_events(received) if e["type"] == "conversation.item.create"]
+        assert len(creates) == len(self.local_protocol()), (len(creates), self.local_protocol())
 
     # ------------------------------------------------------------------ invariants
 
@@ -640,38 +1118,68 @@ class Harness:
 
         conv = server.conversation
         s_ids = [i["id"] for i in conv]
-        s_norm = {i["id"]: norm_server(i) for i in conv}
-        expected = [
-            (wire_id(i.id), n) for i in self.local.items if (n := expected_on_server(i)) is not None
-        ]
+        s_view = {i["id"]: self.view(i) for i in conv}
+        expected = list(self.local_protocol().items())
         l_ids = [wid for wid, _ in expected]
-        missing = [wid for wid in l_ids if wid not in s_norm]
+        missing = [wid for wid in l_ids if wid not in s_view]
         assert not missing, f"local items missing on the server: {missing} (server: {s_ids})"
-        free = [wid for wid in l_ids if wid not in self.pinned]
+
+        # client-made items follow the local order; server-made ones keep their own
+        free = [wid for wid in l_ids if wid not in self.server_made and wid not in self.displaced]
         free_set = set(free)
         assert [i for i in s_ids if i in free_set] == free, (
-            "server order differs from the local one",
-            s_ids,
-            l_ids,
-            sorted(self.pinned),
+            f"server order differs from the local one: server {s_ids}, local {l_ids}, "
+            f"server-made {list(self.server_made)}"
         )
-        wrong = [(wid, s_norm[wid], n) for wid, n in expected if wid not in self.pinned]
-        wrong = [w for w in wrong if w[1] != w[2]]
-        assert not wrong, f"server content differs from the local one: {wrong}"
-        extra = set(s_ids) - set(l_ids) - self.pinned
-        assert not extra, f"the server holds items the local side does not: {extra}"
+        pinned = [i for i in s_ids if i in self.server_made]
+        assert pinned == list(self.server_made), (
+            "server-made items moved or went",
+            pinned,
+            list(self.server_made),
+        )
+        conn = server.connections - 1
+        recreated = [
+            r.event["item"].get("id")
+            for r in server.received
+            if r.connection == conn
+            and r.event.get("type") == "conversation.item.create"
+            and isinstance(r.event.get("item"), dict)
+            and r.event["item"].get("id") in self.server_made
+            and r.event["item"].get("id") not in self.rewritten
+        ]
+        assert not recreated, f"server-made items were re-created: {recreated}"
 
-        s_set = set(s_ids)
-        gone = self.audio_all - s_set - self.removed - self.lost
-        assert not gone, f"server audio items lost: {gone}"
-        kept = self.removed & s_set
-        assert not kept, f"audio items the local side removed are still there: {kept}"
-        assert self.pinned <= s_set, f"pinned items gone: {self.pinned - s_set}"
+        wrong = []
+        for wid, n in expected:
+            s = s_view[wid]
+            if wid in self.server_made:
+                # the local copy of a server-made item: same text, whitespace folded; a call's
+                # arguments are the server's (not a change the protocol can carry)
+                if n[0] == "message" and (s[:2] != n[:2] or fold(s[2]) != fold(n[2])):
+                    wrong.append((wid, s, n))
+            elif n[0] == "message":
+                if s != n:
+                    wrong.append((wid, s, n))
+            elif s != n and s not in self.versions.get(wid, ()):
+                wrong.append((wid, s, n))
+        assert not wrong, f"server content differs from the local one: {wrong}"
+
+        l_set = set(l_ids)
+        extra = [i for i in s_ids if i not in l_set and i not in self.server_made]
+        assert not extra, f"the server holds items the local side does not: {extra}"
+        # known server-made items follow the local context: every step ends with the local
+        # side holding them (AgentActivity appends them) or with a sync that deleted them
+        known_absent = [
+            i for i in s_ids if i in self.server_made and i not in l_ids and self.known(i)
+        ]
+        assert not known_absent, f"known server items the local side lacks: {known_absent}"
+        back = self.gone & set(s_ids)
+        assert not back, f"deleted server items are back: {back}"
 
         assert self._mirror_matches(), (
             "session.chat_ctx differs from the server conversation",
             [(i.id, norm_mirror(i)) for i in self.session.chat_ctx.items],
-            [(i["id"], norm_server_for_mirror(i)) for i in conv],
+            [(i["id"], self._mirror_view(i)) for i in conv],
         )
         self.assert_no_pending()
         assert not getattr(self.session, "_sync_tasks", None), "a sync task is still running"
@@ -772,6 +1280,30 @@ class ChatCtxSyncMachine(RuleBasedStateMachine):
     def concurrent_syncs(self, first: str, second: str) -> None:
         self.step(self.h.concurrent_syncs(first, second))
 
+    @rule()
+    def resync(self) -> None:
+        self.step(self.h.resync())
+
+    # edits of what the server made, trims, truncations
+    @precondition(has_items)
+    @rule(which=INDEX, text=WORD, whitespace=st.booleans())
+    def edit_server_item(self, which: int, text: str, whitespace: bool) -> None:
+        self.step(self.h.edit_server_item(which, text, whitespace))
+
+    @precondition(has_items)
+    @rule(keep=st.integers(min_value=1, max_value=6))
+    def trim(self, keep: int) -> None:
+        self.step(self.h.trim(keep))
+
+    @precondition(has_items)
+    @rule()
+    def clear(self) -> None:
+        self.step(self.h.clear())
+
+    @rule(which=INDEX, cut=INDEX, end_ms=st.integers(min_value=0, max_value=150))
+    def truncate_reply(self, which: int, cut: int, end_ms: int) -> None:
+        self.step(self.h.truncate_reply(which, cut, end_ms))
+
     # injected rejections
     @precondition(with_faults)
     @rule(texts=st.lists(WORD, min_size=1, max_size=3), victim=INDEX, code=CODE)
@@ -796,6 +1328,10 @@ class ChatCtxSyncMachine(RuleBasedStateMachine):
     def sync_while_transcript_pending(self, transcript: str, text: str) -> None:
         self.step(self.h.sync_while_transcript_pending(transcript, text))
 
+    @rule(transcript=WORD, texts=st.lists(WORD, min_size=20, max_size=60))
+    def transcript_during_sync(self, transcript: str, texts: list[str]) -> None:
+        self.step(self.h.transcript_during_sync(transcript, texts))
+
     # connection drops
     @precondition(with_faults)
     @rule()
@@ -806,6 +1342,20 @@ class ChatCtxSyncMachine(RuleBasedStateMachine):
     @rule(texts=st.lists(WORD, min_size=2, max_size=5))
     def drop_during_sync(self, texts: list[str]) -> None:
         self.step(self.h.drop_during_sync(texts))
+
+    @precondition(with_faults)
+    @rule(texts=st.lists(WORD, max_size=3), when=st.sampled_from(["drop", "reconnected"]))
+    def sync_across_reconnect(self, texts: list[str], when: str) -> None:
+        self.step(self.h.sync_across_reconnect(texts, when))
+
+    # closing the session
+    @precondition(with_faults)
+    @rule(
+        texts=st.integers(min_value=10, max_value=150),
+        when=st.sampled_from(["sending", "reconnecting"]),
+    )
+    def close_during_sync(self, texts: int, when: str) -> None:
+        self.step(self.h.close_during_sync(texts, when))
 
     @invariant()
     def consistent(self) -> None:
@@ -832,6 +1382,7 @@ def run_machine(
     # a subclass per run: `seed` marks the class it is given
     seeded = hypothesis_seed(seed)(type(f"Seeded{machine.__name__}", (machine,), {}))
 
+    shrink = shrink and os.environ.get("FORK_STATEFUL_SHRINK") != "0"
     phases = [Phase.explicit, Phase.reuse, Phase.generate] + ([Phase.shrink] if shrink else [])
     config = settings(
         max_examples=max_examples,
@@ -844,6 +1395,7 @@ def run_machine(
         suppress_health_check=list(HealthCheck),
     )
     STATS.examples = STATS.steps = STATS.failures = 0
+    STATS.hits.clear()
     started = time.monotonic()
     try:
         run_state_machine_as_test(seeded, settings=config)
@@ -857,6 +1409,7 @@ def run_machine(
             f"(budget {max_examples} x {steps}) failures={STATS.failures} "
             f"duration={time.monotonic() - started:.1f}s"
         )
+        print(f"{label}: hits " + ", ".join(f"{k}={v}" for k, v in sorted(STATS.hits.items())))
 
 
 def _seed() -> int:
@@ -877,6 +1430,7 @@ def test_stateful_chat_ctx_sync() -> None:
     base = _seed()
     failed: list[int] = []
     examples = steps = 0
+    hits: Counter[str] = Counter()
     started = time.monotonic()
     for seed in range(base, base + SOAK_SEEDS):
         try:
@@ -885,11 +1439,13 @@ def test_stateful_chat_ctx_sync() -> None:
             failed.append(seed)
         examples += STATS.examples
         steps += STATS.steps
+        hits.update(STATS.hits)
     print(
         f"\nstateful soak total: {SOAK_SEEDS} seeds ({base}..{base + SOAK_SEEDS - 1}) "
         f"x 5 examples x up to 40 steps: examples={examples} steps={steps} "
         f"failures={len(failed)} duration={time.monotonic() - started:.1f}s"
     )
+    print("stateful soak hits: " + ", ".join(f"{k}={v}" for k, v in sorted(hits.items())))
     assert not failed, f"failing seeds (FORK_STATEFUL_SEED=...): {failed}"
 
 
