@@ -21,23 +21,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
-from fake_azure import PROTOCOLS, FakeAzureRealtimeServer, ga_route_available, make_model
+from fake_azure import (
+    FakeAzureRealtimeServer,
+    ga_route_available,
+    make_model,
+    selected_protocols,
+)
 
 __all__ = ["make_model"]
 
 GA_XFAIL_REASON = "GA session: issue 10 plugin patch"
-
-
-def selected_protocols() -> list[str]:
-    """The protocols of this run: ``FORK_PROTOCOLS`` (comma list), default all."""
-    raw = os.environ.get("FORK_PROTOCOLS", "").strip()
-    if not raw:
-        return list(PROTOCOLS)
-    chosen = [p.strip() for p in raw.split(",") if p.strip()]
-    unknown = sorted(set(chosen) - set(PROTOCOLS))
-    if unknown:
-        raise pytest.UsageError(f"FORK_PROTOCOLS: unknown protocol(s) {unknown}, use {PROTOCOLS}")
-    return chosen
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -101,6 +101,7 @@ from fake_azure import (
     Reply,
     TextReply,
     make_model,
+    selected_protocols,
     session_options,
 )
 from hypothesis import HealthCheck, Phase, seed as hypothesis_seed, settings, strategies as st
@@ -111,6 +112,7 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
+from sync_helpers import assistant_text_type
 
 from livekit.agents import llm
 from livekit.plugins.openai.realtime import realtime_model_beta as beta
@@ -144,7 +146,8 @@ def norm_server(item: JsonDict) -> Norm:
     if item["type"] == "message":
         texts = []
         for part in item.get("content") or []:
-            value = part.get("text") if part["type"] in ("input_text", "text") else None
+            text_types = ("input_text", "text", "output_text")  # output_text: GA
+            value = part.get("text") if part["type"] in text_types else None
             value = value if value is not None else part.get("transcript")
             if value:
                 texts.append(value)
@@ -284,8 +287,8 @@ class Harness:
         self.session.on("error", self.client_errors.append)
 
     @classmethod
-    async def create(cls) -> Harness:
-        server = FakeAzureRealtimeServer()
+    async def create(cls, protocol: str = "preview") -> Harness:
+        server = FakeAzureRealtimeServer(protocol=protocol)
         await server.start()
         harness = cls(server)
         await harness._wait_session()
@@ -655,7 +658,7 @@ class Harness:
             ("conversation.item.create", wid),
             ("conversation.item.delete", wid),
         ], events
-        part = "input_text" if item.role == "user" else "text"
+        part = "input_text" if item.role == "user" else assistant_text_type(self.server)
         got = snapshot(self.server.conversation)[wid]["content"]
         assert got == [{"type": part, "text": new_text}], got
         assert wid in self.server_made, "a server item replaced in place must keep its place"
@@ -1212,11 +1215,14 @@ MAYBE_REPLY = st.lists(ONE_REPLY, max_size=2)
 class ChatCtxSyncMachine(RuleBasedStateMachine):
     """Drives a :class:`Harness` on a private event loop; every rule leaves it settled."""
 
+    protocol = "preview"
+    """the fake server's protocol (``run_machine`` sets it per run)"""
+
     def __init__(self) -> None:
         super().__init__()
         self.loop = asyncio.new_event_loop()
         self.failed = False
-        self.h = self.loop.run_until_complete(Harness.create())
+        self.h = self.loop.run_until_complete(Harness.create(self.protocol))
         STATS.examples += 1
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -1376,11 +1382,15 @@ def run_machine(
     shrink: bool = True,
     label: str = "stateful",
     machine: type[ChatCtxSyncMachine] = ChatCtxSyncMachine,
+    protocol: str = "preview",
 ) -> None:
     """Run the machine with a fixed seed; print the seed on failure and a summary line."""
 
     # a subclass per run: `seed` marks the class it is given
-    seeded = hypothesis_seed(seed)(type(f"Seeded{machine.__name__}", (machine,), {}))
+    seeded = hypothesis_seed(seed)(
+        type(f"Seeded{machine.__name__}", (machine,), {"protocol": protocol})
+    )
+    label = f"{label} [{protocol}]"
 
     shrink = shrink and os.environ.get("FORK_STATEFUL_SHRINK") != "0"
     phases = [Phase.explicit, Phase.reuse, Phase.generate] + ([Phase.shrink] if shrink else [])
@@ -1421,9 +1431,10 @@ SOAK_SEEDS = 20
 
 
 @pytest.mark.skipif(UNDER_TEST == "upstream", reason="property test of the fork's contract")
-def test_stateful_chat_ctx_sync() -> None:
+@pytest.mark.parametrize("protocol", selected_protocols())
+def test_stateful_chat_ctx_sync(protocol: str) -> None:
     if not SOAK:
-        run_machine(max_examples=10, steps=25, seed=_seed())
+        run_machine(max_examples=10, steps=25, seed=_seed(), protocol=protocol)
         return
     # the long run: SOAK_SEEDS seeds from FORK_STATEFUL_SEED (or a random one) on, each seed
     # 5 examples of up to 40 steps; every seed runs, the failing ones are listed at the end
@@ -1434,7 +1445,9 @@ def test_stateful_chat_ctx_sync() -> None:
     started = time.monotonic()
     for seed in range(base, base + SOAK_SEEDS):
         try:
-            run_machine(max_examples=5, steps=40, seed=seed, label="stateful soak")
+            run_machine(
+                max_examples=5, steps=40, seed=seed, label="stateful soak", protocol=protocol
+            )
         except Exception:
             failed.append(seed)
         examples += STATS.examples

@@ -26,7 +26,7 @@ Fixture API (stable; ``tests/conftest.py``):
 - ``ga_route_available()``: whether the installed plugin's ``with_azure`` has the GA route.
 """
 
-from .client import ga_route_available, make_model, session_options
+from .client import ga_route_available, make_model, selected_protocols, session_options
 from .conversation import Conversation
 from .ga import GaProtocol
 from .names import WireNames, wire_names
@@ -75,6 +75,7 @@ __all__ = [
     "WireProtocol",
     "ga_route_available",
     "make_model",
+    "selected_protocols",
     "session_options",
     "validate_server_event",
     "wire_names",

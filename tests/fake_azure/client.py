@@ -6,7 +6,7 @@ import functools
 import os
 from typing import Any
 
-from .server import DEFAULT_API_VERSION, FakeAzureRealtimeServer
+from .server import DEFAULT_API_VERSION, PROTOCOLS, FakeAzureRealtimeServer
 
 
 @functools.cache
@@ -141,3 +141,15 @@ def session_options(
     if noise_reduction:
         out["input_audio_noise_reduction"] = noise_reduction
     return out
+
+
+def selected_protocols() -> list[str]:
+    """The protocols of this run: ``FORK_PROTOCOLS`` (comma list), default all."""
+    raw = os.environ.get("FORK_PROTOCOLS", "").strip()
+    if not raw:
+        return list(PROTOCOLS)
+    chosen = [p.strip() for p in raw.split(",") if p.strip()]
+    unknown = sorted(set(chosen) - set(PROTOCOLS))
+    if unknown:
+        raise ValueError(f"FORK_PROTOCOLS: unknown protocol(s) {unknown}, use {PROTOCOLS}")
+    return chosen
