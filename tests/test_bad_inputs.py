@@ -125,6 +125,8 @@ class Case:
     special: Callable[[Env], Awaitable[None]] | None = None
     """a case that is not a single sync"""
     fails_on: tuple[str, ...] = ()
+    passes_on: tuple[str, ...] = ()
+    """``VERSION:PROTOCOL`` runs where the case cannot bite (see noxfile ``_judge_regressions``)"""
 
 
 def around(*bad: Any) -> Callable[[], list[Any]]:
@@ -176,6 +178,7 @@ CASES = [
         around(llm.AgentHandoff(id="handoff_1", old_agent_id="a", new_agent_id="b")),
         [SENT_BEFORE, SENT_AFTER],
         fails_on=("1.4.3",),
+        passes_on=("1.4.3:ga",),  # 1.4.3's GA session filtered handoffs already
     ),
     Case(
         "agent_config_update",
@@ -183,6 +186,7 @@ CASES = [
         around(llm.AgentConfigUpdate(id="config_1", instructions="be brief")),
         [SENT_BEFORE, SENT_AFTER],
         fails_on=("1.4.3",),
+        passes_on=("1.4.3:ga",),  # likewise config updates
     ),
     Case(
         "unknown_item_type",
@@ -331,7 +335,7 @@ CASES = [
 def _param(case: Case) -> Any:
     marks: list[Any] = []
     if case.fails_on:
-        marks.append(pytest.mark.regression(fails_on=case.fails_on))
+        marks.append(pytest.mark.regression(fails_on=case.fails_on, passes_on=case.passes_on))
     else:
         marks.append(
             pytest.mark.skipif(
