@@ -532,9 +532,7 @@ async def step_costs(client: Client, ctx: llm.ChatContext) -> dict[str, float]:
     remote = session._chat_sync.remote
 
     def _filter() -> list[llm.ChatItem]:
-        items, _ = chat_sync.protocol_items(
-            ctx, (r.item for r in remote.items()), warned=set(), protocol="bench"
-        )
+        items, _ = chat_sync.protocol_items(ctx, remote, warned=set(), protocol="bench")
         return items
 
     items = _filter()
