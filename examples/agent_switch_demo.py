@@ -400,9 +400,7 @@ async def run_azure(target: AzureTarget, protocol: Protocol) -> tuple[int, str]:
                 azure_endpoint=target.endpoint,
                 api_key=target.api_key,
                 api_version=target.api_version,
-                input_audio_transcription=InputAudioTranscription(
-                    model="whisper-1", language="en"
-                ),
+                input_audio_transcription=InputAudioTranscription(model="whisper-1", language="en"),
             )
         else:
             # the caller's turns are text: no transcription (on GA its model is a deployment)
