@@ -61,6 +61,8 @@ def nox_command(argv: list[str]) -> list[str]:
     if cmd == "test":
         return ["-s", *TEST_SESSIONS, *rest]
     if cmd in ("demo", "live"):
+        if rest[:1] == ["--"]:  # `dev.py demo -- ARGS` as for other sessions
+            rest = rest[1:]
         return ["-s", cmd, "--", *rest]
     sessions = []
     while rest and not rest[0].startswith("-"):
