@@ -65,6 +65,7 @@ REGRESSION_COLUMNS = {"1.4.6": "fails on 1.4.6?", "1.4.6.post1": "fails on fork-
 
 sys.path.insert(0, str(PKG / "_build"))
 import lk_fork_backend  # noqa: E402
+import lk_fork_fetch  # noqa: E402
 import lk_fork_patch  # noqa: E402
 
 
@@ -338,7 +339,7 @@ def fork_wheel_at(session: nox.Session, rev: str) -> Path:
                 ).stdout
                 (patches / Path(path).name).write_bytes(blob)
         out = work / "out"
-        env = {lk_fork_backend.SDIST_ENV: str(sdist)}
+        env = {lk_fork_fetch.SDIST_ENV: str(sdist)}
         if shutil.which("uv"):
             session.run(
                 *("uv", "build", "--wheel", "--out-dir", str(out), str(project)),
