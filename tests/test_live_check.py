@@ -119,3 +119,39 @@ async def test_runs_against_the_fake(
     assert live_check.SWITCH_NOTE in texts
     assert live_check.QUESTION in texts
     assert fake_azure.errors == []
+
+
+async def test_reports_a_rejection_with_code_and_param(
+    fake_azure: FakeAzureRealtimeServer,
+    protocol: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in AZURE_VARS:
+        monkeypatch.delenv(name, raising=False)
+    live_check = _load()
+    fake_azure.reject_next(
+        lambda ev: (
+            ev.get("type") == "conversation.item.create"
+            and (ev.get("item") or {}).get("role") == "system"
+        ),
+        "missing_required_parameter",
+        "Missing required parameter: 'item.type'.",
+        "item.type",
+    )
+    argv = [
+        *("--endpoint", fake_azure.endpoint),
+        *("--api-key", fake_azure.api_key),
+        *("--deployment", fake_azure.deployment),
+        *("--protocol", protocol),
+        *("--timeout", "10"),
+    ]
+    if protocol == "preview":
+        argv += ["--api-version", DEFAULT_API_VERSION]
+    code = await live_check.run(argv)
+    out = capsys.readouterr().out
+    assert code == 1, out
+    assert "missing_required_parameter (param item.type" in out
+    assert "update_chat_ctx: agent switch" in out and "FAILED" in out
+    label = "GA" if protocol == "ga" else "preview"
+    assert f"live ({label}): FAILED, 1 server errors" in out

@@ -105,6 +105,8 @@ class Run:
     reply: str = ""
     first_text_s: float | None = None
     reply_s: float | None = None
+    response_status: str | None = None
+    """``response.done``'s status (and status_details when not completed)"""
 
     @property
     def failed(self) -> bool:
@@ -244,6 +246,10 @@ async def check(settings: Settings, protocol: Protocol, why: str, timeout: float
         if kind in ("session.created", "session.updated"):
             connected.set()
         elif kind == "response.done":
+            response = event.get("response") or {}
+            run.response_status = str(response.get("status"))
+            if response.get("status") != "completed" and response.get("status_details"):
+                run.response_status += f" {response.get('status_details')}"
             response_done.set()
         elif kind == "error":
             error = event.get("error") or {}
@@ -345,6 +351,8 @@ def report(run: Run) -> str:
         print(f"  {s.name.ljust(width)}  {ms(s.seconds):>8}  {outcome}")
     if run.reply or run.first_text_s is not None:
         print(f"  reply: {run.reply!r} (first text {ms(run.first_text_s)}, all {ms(run.reply_s)})")
+    if run.response_status is not None:
+        print(f"  response.done status: {run.response_status}")
     print(f"  server events: {counted(run.server_events)}")
     print(f"  client events: {counted(run.client_events)}")
     print(f"  server errors: {len(run.errors)}")
