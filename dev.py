@@ -4,6 +4,10 @@
     python3 dev.py test [NOX_ARGS...]   build the wheel, run the test suite against it (floor and
                                         latest dependency sets) and check the patch series
     python3 dev.py demo [ARGS...]       run examples/agent_switch_demo.py against the built wheel
+                                        (the fake server, both protocols, unless Azure is set)
+    python3 dev.py live [ARGS...]       opt-in live check on Azure (tools/live_check.py); without
+                                        AZURE_OPENAI_ENDPOINT, AZURE_OPENAI_API_KEY and
+                                        AZURE_OPENAI_DEPLOYMENT one line says so (exit 0)
     python3 dev.py SESSION [SESSION...] [-- POSARGS]   run any nox session(s), e.g. `lint`
 
 The first run creates ``.bootstrap/`` (a stdlib venv) holding pinned nox and uv; later runs reuse
@@ -56,8 +60,10 @@ def nox_command(argv: list[str]) -> list[str]:
     cmd, rest = argv[0], argv[1:]
     if cmd == "test":
         return ["-s", *TEST_SESSIONS, *rest]
-    if cmd == "demo":
-        return ["-s", "demo", "--", *rest]
+    if cmd in ("demo", "live"):
+        if rest[:1] == ["--"]:  # `dev.py demo -- ARGS` as for other sessions
+            rest = rest[1:]
+        return ["-s", cmd, "--", *rest]
     sessions = []
     while rest and not rest[0].startswith("-"):
         sessions.append(rest.pop(0))

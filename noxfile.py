@@ -14,6 +14,8 @@ Sessions (``nox -l`` lists them):
 * ``patches``: the series applies exactly with our applier and with ``git am``, same result.
 * ``bench``, ``soak``, ``demo``, ``upstream``: thin wrappers around scripts in tools/, tests/ and
   examples/.
+* ``live``: the opt-in live check on real Azure (tools/live_check.py); one skip line and exit 0
+  unless the Azure variables are set.
 """
 
 from __future__ import annotations
@@ -610,6 +612,22 @@ def soak(session: nox.Session) -> None:
 def demo(session: nox.Session) -> None:
     """Run examples/agent_switch_demo.py against the installed wheel."""
     _script_session(session, ROOT / "examples" / "agent_switch_demo.py", *session.posargs)
+
+
+@nox.session
+def live(session: nox.Session) -> None:
+    """Run tools/live_check.py against the installed wheel (opt-in: needs Azure settings).
+
+    Without ``AZURE_OPENAI_ENDPOINT``, ``AZURE_OPENAI_API_KEY`` and ``AZURE_OPENAI_DEPLOYMENT``
+    the script prints one line saying what is missing and exits 0; CI never runs this session.
+    """
+    script = ROOT / "tools" / "live_check.py"
+    _require(session, script, "script")
+    wheel = built_wheel(session)
+    session.install(str(wheel))
+    session.install("--force-reinstall", "--no-deps", str(wheel))
+    with _chdir_tmp(session):
+        session.run("python", str(script), *session.posargs, env={"PYTHONDONTWRITEBYTECODE": "1"})
 
 
 @nox.session

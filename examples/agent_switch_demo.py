@@ -1,23 +1,30 @@
-"""Agent switches on Azure OpenAI Realtime (preview protocol) with a system message per switch.
+"""Agent switches on Azure OpenAI Realtime (preview and GA protocol), a system message per switch.
 
 The flow of the user report this fork fixes: an ``AgentSession`` on
 ``openai.realtime.RealtimeModel.with_azure(...)`` whose agents hand over to each other through a
 function tool, and every agent's ``on_enter`` adds a system message to its chat context with
 ``update_chat_ctx``. For each switch the demo prints the client events it cost (by type), the
-errors the service answered and the time it took, then a one-line summary. The exit code is 1
-when the service reported an error (or a switch failed), 0 otherwise.
+errors the service answered and the time it took, then one summary line per protocol. The exit
+code is 1 when the service reported an error (or a switch failed) on any protocol, 0 otherwise.
+
+Protocols (``--protocol preview|ga|both``): ``with_azure()`` with an ``api_version`` gives the
+preview protocol (``RealtimeModelBeta``), without one the GA protocol (``RealtimeModel`` on
+``/openai/v1/realtime``).
 
 Two targets:
 
 * ``--fake`` (the default without Azure settings): the strict fake Azure realtime server of this
-  repository's tests, started in-process on 127.0.0.1. The simulated caller speaks twice (audio
-  turns), once while an agent switch is in progress.
-* ``--azure`` (the default when ``AZURE_OPENAI_ENDPOINT``, ``AZURE_OPENAI_API_KEY`` and
-  ``OPENAI_API_VERSION`` are set): a real deployment, ``AZURE_OPENAI_DEPLOYMENT`` (default
-  ``gpt-4o-realtime-preview``). The caller's turns are text; an agent that does not call the
-  transfer tool in time is switched directly (and the demo says so).
+  repository's tests, started in-process on 127.0.0.1, once per protocol (default ``both``).
+  The simulated caller speaks twice (audio turns), once while an agent switch is in progress.
+* ``--azure`` (the default when ``AZURE_OPENAI_ENDPOINT``, ``AZURE_OPENAI_API_KEY`` and a
+  deployment, ``AZURE_OPENAI_DEPLOYMENT`` or ``--deployment``, are set): a real deployment. The
+  protocol follows ``with_azure()``: preview when ``OPENAI_API_VERSION`` (or ``--api-version``)
+  is set, GA otherwise; ``--protocol`` overrides that, and the demo says which one it chose and
+  why. The caller's turns are text; an agent that does not call the transfer tool in time is
+  switched directly (and the demo says so).
 
-Run ``python examples/agent_switch_demo.py`` (or ``nox -s demo`` against the built wheel).
+Run ``python examples/agent_switch_demo.py`` (or ``python3 dev.py demo`` against the built
+wheel; arguments go after it, e.g. ``python3 dev.py demo --protocol ga``).
 """
 
 from __future__ import annotations
@@ -25,25 +32,29 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
-from openai.types.beta.realtime.session import InputAudioTranscription, TurnDetection
+from openai.types.beta.realtime.session import InputAudioTranscription
 
 from livekit.agents import Agent, AgentSession, function_tool, llm
 from livekit.plugins import openai
 
 AGENTS = ("greeter", "billing", "support")
 TRANSFER_TOOL = "transfer_to_next"
-DEFAULT_DEPLOYMENT = "gpt-4o-realtime-preview"
-AZURE_ENV = ("AZURE_OPENAI_ENDPOINT", "AZURE_OPENAI_API_KEY", "OPENAI_API_VERSION")
+AZURE_ENV = ("AZURE_OPENAI_ENDPOINT", "AZURE_OPENAI_API_KEY")
+DEPLOYMENT_ENV = "AZURE_OPENAI_DEPLOYMENT"
+API_VERSION_ENV = "OPENAI_API_VERSION"
+# the fake's deployment names, one per protocol (any name works on the fake)
+FAKE_DEPLOYMENT = {"preview": "gpt-4o-realtime-preview", "ga": "gpt-realtime"}
 # how long a real model gets to call the transfer tool before the demo switches directly
 AZURE_TOOL_WAIT_S = 20.0
 FLOW_TIMEOUT_S = {"fake": 30.0, "azure": 180.0}
@@ -51,6 +62,9 @@ FLOW_TIMEOUT_S = {"fake": 30.0, "azure": 180.0}
 IGNORED_ERROR_PREFIX = "Cancellation failed"
 
 Mode = Literal["fake", "azure"]
+Protocol = Literal["preview", "ga"]
+PROTOCOLS: tuple[Protocol, ...] = ("preview", "ga")
+PROTOCOL_LABEL = {"preview": "preview", "ga": "GA"}
 
 
 def system_note(name: str) -> str:
@@ -82,8 +96,11 @@ class Switch:
 class Demo:
     """Runs the flow and keeps the account of every switch."""
 
-    def __init__(self, mode: Mode, model: llm.RealtimeModel, fake: Any = None) -> None:
+    def __init__(
+        self, mode: Mode, protocol: Protocol, model: llm.RealtimeModel, fake: Any = None
+    ) -> None:
         self.mode = mode
+        self.protocol = protocol
         self.model = model
         self.fake = fake  # the fake server in --fake mode
         self.switches: list[Switch] = []
@@ -284,8 +301,8 @@ def ms(seconds: float | None) -> str:
     return "n/a" if seconds is None else f"{seconds * 1000:.0f} ms"
 
 
-def report(demo: Demo) -> int:
-    """Print the account of every switch and the summary; return the exit code."""
+def report(demo: Demo) -> tuple[int, str]:
+    """Print the account of every switch; return the exit code and the summary line."""
     for s in demo.switches:
         origin = f"{s.came_from} -> " if s.came_from else "-> "
         print(f"switch {s.number}: {origin}{s.agent} (via {s.via})")
@@ -317,9 +334,10 @@ def report(demo: Demo) -> int:
     max_sync = max((s.sync_s or 0.0 for s in entered), default=0.0)
     if demo.flow_error:
         print(f"flow failed: {demo.flow_error}")
-    print(
-        f"summary: {len(entered)} switches, {errors} server errors, {events} events sent, "
-        f"max switch {ms(max_switch)} (update_chat_ctx max {ms(max_sync)})"
+    summary = (
+        f"summary ({PROTOCOL_LABEL[demo.protocol]}, {demo.mode}): {len(entered)} switches, "
+        f"{errors} server errors, {events} events sent, max switch {ms(max_switch)} "
+        f"(update_chat_ctx max {ms(max_sync)})"
     )
     failed = (
         errors
@@ -327,22 +345,38 @@ def report(demo: Demo) -> int:
         or len(entered) < len(AGENTS)
         or any(s.sync_error or s.lost_audio for s in demo.switches)
     )
-    return 1 if failed else 0
+    return (1 if failed else 0), summary + (" FAILED" if failed else "")
 
 
-async def run_fake() -> int:
-    tests_dir = Path(__file__).resolve().parents[1] / "tests"
-    sys.path.insert(0, str(tests_dir))
-    from fake_azure import FakeAzureRealtimeServer, make_model
+@contextlib.contextmanager
+def without_env(name: str) -> Iterator[None]:
+    """Hide an environment variable (``with_azure`` falls back to ``OPENAI_API_VERSION``)."""
+    saved = os.environ.pop(name, None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ[name] = saved
 
-    async with FakeAzureRealtimeServer() as server:
-        model = make_model(
-            server,
-            input_audio_transcription=InputAudioTranscription(model="whisper-1", language="en"),
-            turn_detection=TurnDetection(type="server_vad", create_response=False),
+
+async def run_fake(protocol: Protocol) -> tuple[int, str]:
+    tests_dir = str(Path(__file__).resolve().parents[1] / "tests")
+    if tests_dir not in sys.path:
+        sys.path.insert(0, tests_dir)
+    from fake_azure import FakeAzureRealtimeServer, make_model, session_options
+
+    async with FakeAzureRealtimeServer(
+        protocol=protocol, deployment=FAKE_DEPLOYMENT[protocol]
+    ) as server:
+        with without_env(API_VERSION_ENV):
+            # preview: api_version given; GA: none (session_options: that protocol's types)
+            model = make_model(server, **session_options(protocol, create_response=False))
+        print(
+            f"target: fake Azure OpenAI Realtime server at {server.endpoint} (in-process), "
+            f"{PROTOCOL_LABEL[protocol]} protocol, {type(model).__name__} on "
+            f"{server.wire.path}"
         )
-        print(f"target: fake Azure OpenAI Realtime server at {server.endpoint} (in-process)")
-        demo = Demo("fake", model, fake=server)
+        demo = Demo("fake", protocol, model, fake=server)
         try:
             await run_flow(demo)
         finally:
@@ -350,21 +384,37 @@ async def run_fake() -> int:
     return report(demo)
 
 
-async def run_azure() -> int:
-    missing = [name for name in AZURE_ENV if not os.environ.get(name)]
-    if missing:
-        print(f"error: --azure needs {', '.join(missing)} in the environment", file=sys.stderr)
-        return 2
-    deployment = os.environ.get("AZURE_OPENAI_DEPLOYMENT") or DEFAULT_DEPLOYMENT
-    model = openai.realtime.RealtimeModel.with_azure(
-        azure_deployment=deployment,
-        azure_endpoint=os.environ["AZURE_OPENAI_ENDPOINT"],
-        api_key=os.environ["AZURE_OPENAI_API_KEY"],
-        api_version=os.environ["OPENAI_API_VERSION"],
-        input_audio_transcription=InputAudioTranscription(model="whisper-1", language="en"),
+@dataclass
+class AzureTarget:
+    endpoint: str
+    api_key: str
+    deployment: str
+    api_version: str | None
+
+
+async def run_azure(target: AzureTarget, protocol: Protocol) -> tuple[int, str]:
+    with without_env(API_VERSION_ENV):
+        if protocol == "preview":
+            model: llm.RealtimeModel = openai.realtime.RealtimeModel.with_azure(
+                azure_deployment=target.deployment,
+                azure_endpoint=target.endpoint,
+                api_key=target.api_key,
+                api_version=target.api_version,
+                input_audio_transcription=InputAudioTranscription(model="whisper-1", language="en"),
+            )
+        else:
+            # the caller's turns are text: no transcription (on GA its model is a deployment)
+            model = openai.realtime.RealtimeModel.with_azure(
+                azure_deployment=target.deployment,
+                azure_endpoint=target.endpoint,
+                api_key=target.api_key,
+                input_audio_transcription=None,
+            )
+    print(
+        f"target: Azure deployment {target.deployment} at {target.endpoint}, "
+        f"{PROTOCOL_LABEL[protocol]} protocol ({type(model).__name__})"
     )
-    print(f"target: Azure deployment {deployment} at {os.environ['AZURE_OPENAI_ENDPOINT']}")
-    demo = Demo("azure", model)
+    demo = Demo("azure", protocol, model)
     try:
         await run_flow(demo)
     finally:
@@ -372,11 +422,60 @@ async def run_azure() -> int:
     return report(demo)
 
 
+def choose_azure_protocols(
+    requested: str | None, api_version: str | None
+) -> tuple[list[Protocol], str]:
+    """The protocols to run on Azure and why; raises ``ValueError`` on an impossible request."""
+    if requested is None:
+        if api_version:
+            return ["preview"], (
+                f"{API_VERSION_ENV}/--api-version is set ({api_version}), so with_azure() "
+                "returns RealtimeModelBeta (deprecated by Azure on 2026-04-30)"
+            )
+        return ["ga"], (
+            f"no {API_VERSION_ENV} or --api-version, so with_azure() returns the GA "
+            "RealtimeModel (/openai/v1/realtime)"
+        )
+    wanted = list(PROTOCOLS) if requested == "both" else [cast(Protocol, requested)]
+    if "preview" in wanted and not api_version:
+        raise ValueError(
+            f"--protocol {requested} on Azure needs {API_VERSION_ENV} or --api-version "
+            "for the preview protocol"
+        )
+    why = f"--protocol {requested}"
+    if "ga" in wanted and api_version:
+        why += f" (the GA run ignores {API_VERSION_ENV}/--api-version)"
+    return wanted, why
+
+
+async def run_all(runs: list[Callable[[], Awaitable[tuple[int, str]]]]) -> int:
+    code, summaries = 0, []
+    for run in runs:
+        run_code, summary = await run()
+        print()
+        code = max(code, run_code)
+        summaries.append(summary)
+    for summary in summaries:
+        print(summary)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     target = parser.add_mutually_exclusive_group()
     target.add_argument("--fake", action="store_true", help="use the in-process fake server")
     target.add_argument("--azure", action="store_true", help="use a real Azure deployment")
+    parser.add_argument(
+        "--protocol",
+        choices=("preview", "ga", "both"),
+        help="fake: default both; Azure: default preview if OPENAI_API_VERSION is set, else GA",
+    )
+    parser.add_argument(
+        "--deployment", help=f"Azure deployment (default: ${DEPLOYMENT_ENV})", default=None
+    )
+    parser.add_argument(
+        "--api-version", help=f"preview api-version (default: ${API_VERSION_ENV})", default=None
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log the plugin's info")
     args = parser.parse_args(argv)
 
@@ -384,9 +483,37 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    use_azure = args.azure or (not args.fake and all(os.environ.get(n) for n in AZURE_ENV))
-    runner: Callable[[], Coroutine[Any, Any, int]] = run_azure if use_azure else run_fake
-    return asyncio.run(runner())
+    deployment = args.deployment or os.environ.get(DEPLOYMENT_ENV)
+    api_version = args.api_version or os.environ.get(API_VERSION_ENV) or None
+    configured = all(os.environ.get(n) for n in AZURE_ENV) and bool(deployment)
+    runs: list[Callable[[], Awaitable[tuple[int, str]]]] = []
+    if args.azure or (configured and not args.fake):
+        missing = [n for n in AZURE_ENV if not os.environ.get(n)]
+        if not deployment:
+            missing.append(f"{DEPLOYMENT_ENV} (or --deployment)")
+        if missing:
+            print(f"error: --azure needs {', '.join(missing)}", file=sys.stderr)
+            return 2
+        assert deployment is not None
+        azure = AzureTarget(
+            os.environ["AZURE_OPENAI_ENDPOINT"],
+            os.environ["AZURE_OPENAI_API_KEY"],
+            deployment,
+            api_version,
+        )
+        try:
+            protocols, why = choose_azure_protocols(args.protocol, api_version)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"protocol: {', '.join(PROTOCOL_LABEL[p] for p in protocols)}, because {why}")
+        runs = [functools.partial(run_azure, azure, p) for p in protocols]
+    else:
+        protocols = (
+            list(PROTOCOLS) if args.protocol in (None, "both") else [cast(Protocol, args.protocol)]
+        )
+        runs = [functools.partial(run_fake, p) for p in protocols]
+    return asyncio.run(run_all(runs))
 
 
 if __name__ == "__main__":
