@@ -852,7 +852,7 @@ class Harness:
             errors = await asyncio.gather(
                 self.sync(ctx, alone=False), self.sync(ctx.copy(), alone=False)
             )
-            assert errors == [None, None], errors
+            assert list(errors) == [None, None], errors
             self.assert_no_pending()
             if self.known_at.get(user_id, -1) > since:
                 STATS.hits["transcript_during_sync"] += 1
