@@ -23,7 +23,7 @@ from pipeline_support import (
 )
 
 CHECK_SCRIPT = """
-import asyncio, sys
+import asyncio, os, sys
 from importlib import metadata
 import livekit.plugins.openai as m
 from livekit.plugins.openai import realtime
@@ -36,6 +36,13 @@ async def main() -> None:
     )
     assert isinstance(model, RealtimeModelBeta), type(model)
     await model.aclose()
+    # without api_version (and without OPENAI_API_VERSION): the GA protocol
+    os.environ.pop("OPENAI_API_VERSION", None)
+    ga = realtime.RealtimeModel.with_azure(
+        azure_deployment="d", azure_endpoint="http://127.0.0.1:9", api_key="k",
+    )
+    assert type(ga) is realtime.RealtimeModel, type(ga)
+    await ga.aclose()
 
 asyncio.run(main())
 print("VERSION", metadata.version("livekit-plugins-openai"))
