@@ -935,6 +935,11 @@ class Harness:
 
     async def _await_reconnect(self, connections: int) -> None:
         await self.server.wait_connected(connections + 1, timeout=BOUND)
+        # the replay is sent after the handshake: wait until the session has it answered
+        deadline = time.monotonic() + BOUND
+        while not self.session._chat_sync.ready.is_set():
+            assert time.monotonic() < deadline, "the replay was never answered"
+            await asyncio.sleep(0.005)
         await self.settle()
 
     def _assert_replayed(self, kept: list[tuple[str, Norm]]) -> None:
