@@ -329,3 +329,19 @@ def test_duplicate_ids_raise_before_anything_is_planned() -> None:
     ctx = llm.ChatContext(items=[_msg("x", "a"), _msg("x", "b")])
     with pytest.raises(chat_sync.ChatContextSyncError, match="more than one item"):
         chat_sync.protocol_items(ctx, [], warned=set())
+
+
+def test_many_new_calls_and_outputs_plan_in_one_pass() -> None:
+    """Thousands of new calls with their outputs (a replay of a long call with tools): planned
+    without recursion, in order, each output after its call."""
+    local: list[llm.ChatItem] = []
+    for k in range(3000):
+        local.append(_msg(f"m{k}", "x"))
+        local.append(llm.FunctionCall(id=f"c{k}", call_id=f"k{k}", name="f", arguments="{}"))
+        local.append(
+            llm.FunctionCallOutput(id=f"o{k}", call_id=f"k{k}", output="1", is_error=False)
+        )
+    plan = chat_sync.plan_sync(chat_sync.RemoteConversation(), local, since=0)
+    service = ModelService(chat_sync.RemoteConversation())
+    assert service.apply(plan) == []
+    assert service.ids() == [i.id for i in local]
