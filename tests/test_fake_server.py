@@ -110,8 +110,11 @@ async def client(connect: Connect) -> RawClient:
     return await connect()
 
 
-def message(role: str, text: str, item_id: str | None = None) -> JsonDict:
-    part_type = "text" if role == "assistant" else "input_text"
+def message(
+    role: str, text: str, item_id: str | None = None, *, assistant_type: str = "text"
+) -> JsonDict:
+    """A client message item; ``assistant_type``: the protocol's assistant text part."""
+    part_type = assistant_type if role == "assistant" else "input_text"
     item: JsonDict = {
         "type": "message",
         "role": role,

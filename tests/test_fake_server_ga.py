@@ -5,13 +5,14 @@ Every server event a test provoked is validated strictly against ``openai.types.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
 from fake_azure import AudioReply, FakeAzureRealtimeServer, TextReply
-from test_fake_server import RawClient, assert_all_valid
+from test_fake_server import RawClient, assert_all_valid, create, message as preview_message
 
 pytestmark = pytest.mark.protocols("ga")
 
@@ -30,23 +31,8 @@ async def ga(fake_azure: FakeAzureRealtimeServer) -> AsyncIterator[RawClient]:
     assert_all_valid(fake_azure)
 
 
-def message(role: str, text: str, item_id: str | None = None) -> JsonDict:
-    part_type = "output_text" if role == "assistant" else "input_text"
-    item: JsonDict = {
-        "type": "message",
-        "role": role,
-        "content": [{"type": part_type, "text": text}],
-    }
-    if item_id is not None:
-        item["id"] = item_id
-    return item
-
-
-def create(item: JsonDict, previous_item_id: str | None = None) -> JsonDict:
-    ev: JsonDict = {"type": "conversation.item.create", "item": item}
-    if previous_item_id is not None:
-        ev["previous_item_id"] = previous_item_id
-    return ev
+# GA assistant text is `output_text`
+message = functools.partial(preview_message, assistant_type="output_text")
 
 
 # --------------------------------------------------------------------------- handshake

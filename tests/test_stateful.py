@@ -112,13 +112,10 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from sync_helpers import assistant_text_type
+from sync_helpers import INSTRUCTIONS_ID, ChatContextSyncError, assistant_text_type
 
 from livekit.agents import llm
-from livekit.plugins.openai.realtime import realtime_model_beta as beta
 
-ChatContextSyncError: type[Exception] = getattr(beta, "ChatContextSyncError", llm.RealtimeError)
-INSTRUCTIONS_ID = "lk.agent_task.instructions"
 UNDER_TEST = os.environ.get("FORK_UNDER_TEST", "fork")
 SOAK = os.environ.get("FORK_SOAK") == "1"
 
