@@ -75,11 +75,11 @@ def _uses_uv(session: nox.Session) -> bool:
 
 
 def _inputs_digest() -> str:
-    """Hash of what the wheel is built from: patches/ (incl. pin), packaging dir, LICENSE, NOTICE."""
+    """Hash of what the wheel is built from: patches/ (incl. pin), src/, packaging, LICENSE, NOTICE."""
     h = hashlib.sha256()
     for name in ("LICENSE", "NOTICE"):
         h.update(name.encode() + b"\0" + (ROOT / name).read_bytes() + b"\0")
-    for base in (PATCHES, PKG):
+    for base in (PATCHES, PKG, ROOT / "src"):
         for path in sorted(p for p in base.rglob("*") if p.is_file()):
             rel = path.relative_to(ROOT)
             if "__pycache__" in rel.parts or rel.parts[2:3] == ("livekit",):
@@ -569,6 +569,7 @@ def patches(session: nox.Session) -> None:
         # checked whole against a real livekit/agents checkout by `nox -s upstream`
         git("am", "-q", "--exclude=makefile", *(str(PATCHES / n) for n in names))
         session.log(f"git am: {len(names)} patch(es) applied")
+        lk_fork_backend.add_own_modules(plugin_dir, ROOT / lk_fork_backend.SRC_DIR)
         ours_files = _files(ours)
         git_files = _files(plugin_dir)
         if ours_files != git_files:

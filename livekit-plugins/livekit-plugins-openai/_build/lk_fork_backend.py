@@ -8,7 +8,8 @@ This directory holds packaging only. Building a wheel:
    upstream sdist from ``$LK_OPENAI_FORK_SDIST`` (offline builds), the user's cache, or the
    indexes and find-links locations of the user's pip and uv settings (:mod:`lk_fork_fetch`);
 3. verifies its sha256, extracts it safely, applies the series with the strict applier in
-   :mod:`lk_fork_patch`, and builds the wheel with hatchling from a temporary directory holding
+   :mod:`lk_fork_patch`, adds the fork's own modules (``src/`` next to ``patches/``: files
+   upstream does not have, kept whole rather than as patches), and builds the wheel with hatchling from a temporary directory holding
    the patched ``livekit/`` tree next to this project's ``pyproject.toml``, ``README.md``,
    ``LICENSE`` and ``NOTICE``. ``SOURCE_DATE_EPOCH`` defaults to the newest timestamp inside the
    pinned sdist, so the same inputs give a byte-identical wheel.
@@ -44,6 +45,8 @@ _PIN_RE = re.compile(
 )
 _SDIST_FILES = ("pyproject.toml", "README.md")
 _FORK_FILES = ("LICENSE", "NOTICE")  # at the repository root, or next to patches/ in our sdist
+# the fork's own modules, laid out as in the package (src/livekit/...), next to patches/
+SRC_DIR = "src"
 
 ConfigSettings = Mapping[str, Any] | None
 
@@ -265,7 +268,36 @@ def prepare_patched_tree(
         apply_series(tree, patches_dir, names)
     except PatchError as e:
         raise ForkBuildError(str(e)) from None
+    add_own_modules(tree, patches_dir.parent / SRC_DIR)
     return tree
+
+
+def own_modules(src: Path) -> list[PurePosixPath]:
+    """The fork's own files below ``src`` (relative paths, sorted); none when it is absent."""
+    if not src.is_dir():
+        return []
+    return sorted(
+        PurePosixPath(p.relative_to(src).as_posix())
+        for p in src.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts and p.suffix == ".py"
+    )
+
+
+def add_own_modules(tree: Path, src: Path) -> None:
+    """Copy the fork's own modules into the patched tree; none may replace an upstream file.
+
+    Raises:
+        ForkBuildError: A module would overwrite a file of the upstream sdist or a patched one.
+    """
+    for rel in own_modules(src):
+        target = tree.joinpath(*rel.parts)
+        if target.exists():
+            raise ForkBuildError(
+                f"error: {SRC_DIR}/{rel} would replace the upstream file {rel}: the fork's own "
+                "modules must be new files (edit upstream files with a patch)"
+            )
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src.joinpath(*rel.parts), target)
 
 
 @contextlib.contextmanager
@@ -404,6 +436,11 @@ def build_sdist(sdist_directory: str, config_settings: ConfigSettings = None) ->
             shutil.copy2(module, stage / "_build" / module.name)
         for name in ["series", PIN_FILE, *names]:
             shutil.copy2(patches_dir / name, stage / "patches" / name)
+        src = patches_dir.parent / SRC_DIR
+        for rel in own_modules(src):
+            target = stage.joinpath(SRC_DIR, *rel.parts)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src.joinpath(*rel.parts), target)
         built = work / "built"
         built.mkdir()
         with chdir(stage), _source_date_epoch(source_date_epoch()):

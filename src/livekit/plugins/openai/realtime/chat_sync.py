@@ -1,0 +1,735 @@
+"""What a realtime session must send so that the service's conversation matches a chat context.
+
+This module does no I/O. :class:`RemoteConversation` is the client's mirror of the service's
+conversation, fed with what the service reports; :func:`plan_sync` turns it and a local chat
+context into a :class:`SyncPlan` of deletes and creates; :func:`plan_replay` gives what a new
+connection must be sent again. The sessions build the protocol events, send them and feed the
+answers back into the mirror.
+
+The rule:
+
+- Only items the protocol can carry are sent (:func:`protocol_items`). The framework's
+  bookkeeping (agent handoffs, config updates) and the agent instructions (sent as session
+  instructions) are left out. An empty or image-only message, an output for an unknown
+  function call or an unknown item type is skipped, with one warning per item id. An id longer
+  than the service accepts is mapped to a stable short one.
+- An item the service made itself (user speech, a reply) whose content the client cannot know
+  yet (a transcript pending or never coming, a reply not done) is kept: never deleted or
+  re-created because the local context lacks it or holds it elsewhere. An item whose content
+  became known after the sync began counts as unknown for that sync: the caller's context
+  could not hold it.
+- Once its content is known (transcript delivered, reply done, or the local context held it),
+  a server-made item is an ordinary item: absent from the local context, it is deleted; with
+  its text changed, it is replaced by a text item at the same position (the only way the
+  protocol can change it). Holding it as its own transcript text, or at another position, is
+  not a change: its audio stays.
+- Every other item is diffed as ``llm.utils.compute_chat_ctx_diff`` does (same operations, same
+  kept subsequence), in O(n log n) time for unique ids.
+- Creates are anchored only on items the service has confirmed. Consecutive new items form one
+  run, all inserted after the run's anchor, last item first, so that a rejected create never
+  makes another create of the same sync fail. The one exception is a function call output
+  whose call is created by the same sync: the service wants the call first, so the output,
+  and the new items between it and the last new call before it, are created after that call
+  and fail with it.
+- A truncated reply holds what the user heard (``RemoteConversation.truncate``), whatever the
+  service streamed past it; a replay sends that.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+from collections.abc import Generator, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, TypeVar
+
+from livekit.agents import llm
+from livekit.agents.voice.generation import INSTRUCTIONS_MESSAGE_ID
+
+__all__ = [
+    "ChatContextSyncError",
+    "RemoteConversation",
+    "RemoteItem",
+    "Run",
+    "SyncPlan",
+    "compute_chat_ctx_diff",
+    "plan_replay",
+    "plan_sync",
+    "plan_sync_steps",
+    "protocol_items",
+    "protocol_items_steps",
+    "wire_item_id",
+]
+
+# the service rejects client-chosen item ids longer than this
+MAX_ITEM_ID_LENGTH = 32
+
+Origin = Literal["client", "server"]
+# the ``*_steps`` generators yield after this many items, so that a caller can pause between
+STEP_ITEMS = 256
+
+T = TypeVar("T")
+Steps = Generator[None, None, T]
+
+
+class ChatContextSyncError(llm.RealtimeError):
+    """``update_chat_ctx`` could not bring the realtime conversation in line with the context.
+
+    Raised before anything is sent when the context cannot be synced at all (two items share an
+    id), and once every event of the sync is settled when the service rejected some of them, did
+    not answer in time, or the connection closed first. What the service accepted stays in the
+    conversation and in the session's ``chat_ctx``.
+
+    Attributes:
+        code: The service's error code (e.g. ``"item_create_invalid_previous_item_id"``) of the
+            first rejection, or ``None`` when the client raised the error itself.
+        param: The request parameter the service named, if any.
+        event_id: The id of the client event the service rejected, if any.
+        item_id: The id of the chat item concerned, if any.
+        errors: Every failure of the sync (a single failure lists itself).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        event_id: str | None = None,
+        item_id: str | None = None,
+        errors: list[ChatContextSyncError] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.param = param
+        self.event_id = event_id
+        self.item_id = item_id
+        self.errors: list[ChatContextSyncError] = errors if errors is not None else [self]
+
+
+# ------------------------------------------------------------------------------ protocol items
+
+
+def wire_item_id(item_id: str) -> str:
+    """The id the service knows a local item by: ``item_id``, or a stable digest when too long."""
+    if len(item_id) <= MAX_ITEM_ID_LENGTH:
+        return item_id
+    return "lk_" + hashlib.blake2b(item_id.encode(), digest_size=14).hexdigest()
+
+
+def protocol_items(
+    chat_ctx: llm.ChatContext,
+    remote: RemoteConversation,
+    *,
+    warned: set[str],
+    protocol: str = "realtime",
+) -> tuple[list[llm.ChatItem], list[str]]:
+    """:func:`protocol_items_steps` at once."""
+    return _run(protocol_items_steps(chat_ctx, remote, warned=warned, protocol=protocol))
+
+
+def protocol_items_steps(
+    chat_ctx: llm.ChatContext,
+    remote: RemoteConversation,
+    *,
+    warned: set[str],
+    protocol: str = "realtime",
+) -> Steps[tuple[list[llm.ChatItem], list[str]]]:
+    """The items of ``chat_ctx`` the service should hold, in order, in the form it holds them.
+
+    A generator that yields now and then (see :data:`STEP_ITEMS`) and returns the result; the
+    context is read once, when it starts.
+
+    Args:
+        chat_ctx: The local context.
+        remote: The mirror. A function call output is sent when its call is in the local context
+            or is a server-made call the sync keeps whatever the context holds (its content is
+            not known yet); an id the service chose itself is kept as it is.
+        warned: Ids already warned about; updated with the ids of this call's warnings.
+        protocol: Names the protocol in warnings.
+
+    Returns:
+        The items, under their wire ids, and the warnings to log (one per id, ever).
+
+    Raises:
+        ChatContextSyncError: Two items map to the same id; nothing is to be sent.
+    """
+    call_ids: set[str] | None = None
+    items: list[llm.ChatItem] = []
+    warnings: list[str] = []
+    seen: set[str] = set()
+
+    def _skip(item_id: str, message: str) -> None:
+        if item_id not in warned:
+            warned.add(item_id)
+            warnings.append(message)
+
+    for n, item in enumerate(list(chat_ctx.items), 1):
+        if n % STEP_ITEMS == 0:
+            yield
+        if item.type in ("agent_handoff", "agent_config_update"):
+            continue  # the framework's bookkeeping, not conversation
+        if item.id == INSTRUCTIONS_MESSAGE_ID:
+            continue  # sent as the session's instructions
+        item_id = item.id if item.id in remote else wire_item_id(item.id)
+        out: llm.ChatItem | None
+        if item.type == "message":
+            out, dropped = _protocol_message(item, item_id)
+            if out is None:
+                _skip(
+                    item.id,
+                    f"not sending message `{item.id}`: it holds nothing the {protocol} protocol "
+                    "can carry (the service rejects empty messages)",
+                )
+            elif dropped:
+                _skip(
+                    item.id,
+                    f"sending message `{item.id}` without its {', '.join(dropped)}: the "
+                    f"{protocol} protocol cannot carry it",
+                )
+        elif item.type == "function_call":
+            out = _with_id(item, item_id)
+        elif item.type == "function_call_output":
+            if call_ids is None:
+                call_ids = {i.call_id for i in chat_ctx.items if i.type == "function_call"}
+                call_ids.update(
+                    r.item.call_id
+                    for r in remote.items()
+                    if r.item.type == "function_call"
+                    and r.origin == "server"
+                    and r.known_at is None
+                )
+            out = _with_id(item, item_id) if item.call_id in call_ids else None
+            if out is None:
+                _skip(
+                    item.id,
+                    f"not sending function call output `{item.id}`: no function call with "
+                    f"call_id `{item.call_id}` in the chat context",
+                )
+        else:
+            out = None
+            _skip(
+                item.id,
+                f"not sending chat item `{item.id}` of type `{item.type}`: the {protocol} "
+                "protocol has no such item",
+            )
+        if out is None:
+            continue
+        if out.id in seen:
+            raise ChatContextSyncError(
+                f"the chat context holds more than one item with id `{item.id}`; nothing was sent",
+                item_id=item.id,
+            )
+        seen.add(out.id)
+        items.append(out)
+    return items, warnings
+
+
+def _with_id(item: llm.ChatItem, item_id: str) -> llm.ChatItem:
+    return item if item.id == item_id else item.model_copy(update={"id": item_id})
+
+
+def _protocol_message(
+    msg: llm.ChatMessage, item_id: str
+) -> tuple[llm.ChatMessage | None, list[str]]:
+    """``msg`` as a realtime protocol carries it (or None) and the kinds of content dropped.
+
+    Text is kept and empty strings dropped. Audio is kept in user messages; in other roles,
+    which clients cannot create audio for, its transcript is kept as text. Images are dropped.
+    """
+    if item_id == msg.id and msg.content and all(isinstance(c, str) and c for c in msg.content):
+        return msg, []  # the common case: plain text
+    content: list[llm.ChatContent] = []
+    dropped: list[str] = []
+    for c in msg.content:
+        if isinstance(c, str):
+            if c:
+                content.append(c)
+        elif isinstance(c, llm.AudioContent):
+            if msg.role == "user":
+                content.append(c)
+            elif c.transcript:
+                content.append(c.transcript)
+            else:
+                dropped.append("audio without transcript")
+        else:
+            dropped.append(type(c).__name__)
+    if not content:
+        return None, dropped
+    return msg.model_copy(update={"id": item_id, "content": content}), dropped
+
+
+# ------------------------------------------------------------------------------------- mirror
+
+
+@dataclass
+class RemoteItem:
+    """An item of the service's conversation as the client knows it."""
+
+    item: llm.ChatItem
+    origin: Origin
+    """``"client"`` when created by ``conversation.item.create``, else ``"server"``"""
+    known_at: int | None
+    """the revision at which its content became known, None while it is not"""
+    heard: str | None = None
+    """for a truncated reply, the part the user heard"""
+
+
+class RemoteConversation:
+    """The client's mirror of the service's conversation, in the service's order.
+
+    Client-made items are recorded as they were sent, so that a later sync compares like with
+    like. ``revision`` grows whenever the content of an item becomes known.
+    """
+
+    def __init__(self, *, revision: int = 0) -> None:
+        self._order = llm.remote_chat_context.RemoteChatContext()
+        self._state: dict[str, RemoteItem] = {}
+        self.revision = revision
+
+    def __len__(self) -> int:
+        return len(self._state)
+
+    def __contains__(self, item_id: object) -> bool:
+        return item_id in self._state
+
+    def get(self, item_id: str) -> RemoteItem | None:
+        return self._state.get(item_id)
+
+    def items(self) -> list[RemoteItem]:
+        """The items in the service's order."""
+        return [self._state[i.id] for i in self._order.to_chat_ctx().items]
+
+    def to_chat_ctx(self) -> llm.ChatContext:
+        return self._order.to_chat_ctx()
+
+    def add(
+        self,
+        item: llm.ChatItem,
+        previous_item_id: str | None,
+        *,
+        origin: Origin,
+        known: bool = True,
+        known_at: int | None = None,
+    ) -> None:
+        """Record an item the service created, after ``previous_item_id`` (None: first).
+
+        ``known_at`` keeps the revision at which a known item's content was known (an item
+        re-created by a replay); by default it is known from now on.
+
+        Raises:
+            ValueError: The id is there already, or ``previous_item_id`` is not.
+        """
+        self._order.insert(previous_item_id, item)
+        if known and known_at is None:
+            self.revision += 1
+            known_at = self.revision
+        self._state[item.id] = RemoteItem(item, origin, known_at if known else None)
+
+    def remove(self, item_id: str) -> None:
+        """Forget a deleted item.
+
+        Raises:
+            ValueError: The item is not there.
+        """
+        self._order.delete(item_id)
+        del self._state[item_id]
+
+    def complete(self, item_id: str, item: llm.ChatItem | None = None) -> None:
+        """Mark an item's content known, replacing it with ``item`` (same id) when given."""
+        state = self._state.get(item_id)
+        if state is None:
+            return
+        if item is not None:
+            if state.heard is not None and item.type == "message":
+                item = item.model_copy(update={"content": [state.heard] if state.heard else []})
+            node = self._order.get(item_id)
+            assert node is not None
+            node.item = state.item = item
+        self.revision += 1
+        state.known_at = self.revision
+
+    def truncate(self, item_id: str, heard: str) -> None:
+        """The service cut a reply where the user stopped hearing it: it holds ``heard`` now."""
+        state = self._state.get(item_id)
+        if state is not None and state.item.type == "message":
+            state.heard = heard
+            self.complete(item_id, state.item)
+
+
+# --------------------------------------------------------------------------------------- diff
+
+
+def compute_chat_ctx_diff(old_ctx: llm.ChatContext, new_ctx: llm.ChatContext) -> llm.utils.DiffOps:
+    """``llm.utils.compute_chat_ctx_diff``, in O(n log n) time and O(n) memory for unique ids.
+
+    Same operations and same kept subsequence as upstream's O(n*m) table: removals in old
+    order, creations and updates with the id of the item before them in ``new_ctx``; a kept
+    message whose ``text_content`` changed is an update.
+    """
+    old_ids = [item.id for item in old_ctx.items]
+    new_ids = [item.id for item in new_ctx.items]
+    kept = set(_lcs(old_ids, new_ids))
+    old_by_id = {item.id: item for item in old_ctx.items}
+    ops = llm.utils.DiffOps(
+        to_remove=[item_id for item_id in old_ids if item_id not in kept],
+        to_create=[],
+        to_update=[],
+    )
+    prev: str | None = None
+    for item in new_ctx.items:
+        if item.id not in kept:
+            ops.to_create.append((prev, item.id))
+        else:
+            old = old_by_id[item.id]
+            if (
+                item is not old
+                and item.type == "message"
+                and old.type == "message"
+                and item.text_content != old.text_content
+            ):
+                ops.to_update.append((prev, item.id))
+        prev = item.id
+    return ops
+
+
+def _lcs(old_ids: list[str], new_ids: list[str]) -> list[str]:
+    """The longest common subsequence upstream's table-based backtrack picks.
+
+    With unique ids it is the longest increasing subsequence of the old positions of the new
+    ids (patience sorting). Among equally long ones, the backtrack from the end (dropping a new
+    id on ties) ends at the earliest new position where an LCS can end, the element before it
+    at the earliest position where it can still precede that one, and so on. A common prefix is
+    in every LCS, so it is taken as is. Repeated ids fall back to the table.
+    """
+    old_index = {item_id: i for i, item_id in enumerate(old_ids)}
+    if len(old_index) != len(old_ids) or len(set(new_ids)) != len(new_ids):
+        return _lcs_table(old_ids, new_ids)
+    prefix = 0
+    while prefix < min(len(old_ids), len(new_ids)) and old_ids[prefix] == new_ids[prefix]:
+        prefix += 1
+    seq = [old_index.get(item_id, -1) for item_id in new_ids]
+    # tails[k]: the smallest old position ending an increasing run of length k + 1 so far; along
+    # a pile new positions grow and old positions shrink (stored negated for bisect)
+    tails: list[int] = []
+    piles_pos: list[list[int]] = []
+    piles_neg_old: list[list[int]] = []
+    for pos in range(prefix, len(seq)):
+        old_pos = seq[pos]
+        if old_pos < 0:
+            continue  # not in old
+        k = bisect.bisect_left(tails, old_pos)
+        if k == len(tails):
+            tails.append(old_pos)
+            piles_pos.append([])
+            piles_neg_old.append([])
+        else:
+            tails[k] = old_pos
+        piles_pos[k].append(pos)
+        piles_neg_old[k].append(-old_pos)
+    out: list[str] = []
+    bound = len(old_ids)
+    for k in range(len(tails) - 1, -1, -1):
+        pos = piles_pos[k][bisect.bisect_right(piles_neg_old[k], -bound)]
+        out.append(new_ids[pos])
+        bound = seq[pos]
+    out.reverse()
+    return new_ids[:prefix] + out
+
+
+def _lcs_table(old_ids: list[str], new_ids: list[str]) -> list[str]:
+    n, m = len(old_ids), len(new_ids)
+    table = [[0] * (m + 1) for _ in range(n + 1)]
+    for i in range(n):
+        for j in range(m):
+            if old_ids[i] == new_ids[j]:
+                table[i + 1][j + 1] = table[i][j] + 1
+            else:
+                table[i + 1][j + 1] = max(table[i][j + 1], table[i + 1][j])
+    out: list[str] = []
+    i, j = n, m
+    while i and j:
+        if old_ids[i - 1] == new_ids[j - 1]:
+            out.append(old_ids[i - 1])
+            i, j = i - 1, j - 1
+        elif table[i - 1][j] > table[i][j - 1]:
+            i -= 1
+        else:
+            j -= 1
+    out.reverse()
+    return out
+
+
+# --------------------------------------------------------------------------------------- plan
+
+
+@dataclass(frozen=True)
+class Run:
+    """Items to create one after the other right after ``anchor`` (None: at the start)."""
+
+    anchor: str | None
+    items: tuple[llm.ChatItem, ...]
+
+
+@dataclass
+class SyncPlan:
+    """The events of a sync: the deletes first, then the runs in order."""
+
+    deletes: list[str] = field(default_factory=list)
+    runs: list[Run] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+    """server-made items of unknown content left as they are"""
+    held: list[llm.ChatItem] = field(default_factory=list)
+    """local copies of kept items: their content is known from now on"""
+    replaced: set[str] = field(default_factory=set)
+    """server-made items re-created in place: they stay server-made (they do not move)"""
+
+    def __bool__(self) -> bool:
+        return bool(self.deletes or self.runs)
+
+    @property
+    def creates(self) -> int:
+        return sum(len(run.items) for run in self.runs)
+
+
+def plan_sync(remote: RemoteConversation, local: Sequence[llm.ChatItem], *, since: int) -> SyncPlan:
+    """:func:`plan_sync_steps` at once."""
+    return _run(plan_sync_steps(remote, local, since=since))
+
+
+def plan_sync_steps(
+    remote: RemoteConversation, local: Sequence[llm.ChatItem], *, since: int
+) -> Steps[SyncPlan]:
+    """Plan what turns the service's conversation into ``local``, by the module's rule.
+
+    A generator that yields now and then (see :data:`STEP_ITEMS`) and returns the plan. Items the
+    mirror gains meanwhile are left to the next sync.
+
+    Args:
+        remote: The mirror.
+        local: Protocol items (see :func:`protocol_items`), unique ids.
+        since: ``remote.revision`` when the sync began; content known later counts as unknown.
+    """
+    local_pos = {item.id: j for j, item in enumerate(local)}
+    plan = SyncPlan()
+    # server-made items stay where they are: None, or the local item that replaces it in place
+    fixed: dict[str, llm.ChatItem | None] = {}
+    client_made: list[llm.ChatItem] = []
+    skeleton: list[str] = []  # the service's items that stay, in its order
+    for n, r in enumerate(remote.items(), 1):
+        if n % STEP_ITEMS == 0:
+            yield
+        item_id = r.item.id
+        j = local_pos.get(item_id)
+        if r.origin == "client":
+            client_made.append(r.item)
+        elif r.known_at is None or r.known_at > since:
+            plan.kept.append(item_id)
+            fixed[item_id] = None
+            if j is not None and r.known_at is None and _has_content(local[j]):
+                plan.held.append(local[j])
+        elif j is None:
+            plan.deletes.append(item_id)
+            continue
+        else:
+            fixed[item_id] = local[j] if _text_changed(local[j], r.item) else None
+        skeleton.append(item_id)
+
+    yield
+    ops = compute_chat_ctx_diff(
+        llm.ChatContext(items=client_made),
+        llm.ChatContext(items=[item for item in local if item.id not in fixed]),
+    )
+    removed = set(ops.to_remove)
+    plan.deletes.extend(ops.to_remove)
+    skeleton = [item_id for item_id in skeleton if item_id not in removed]
+    replaced = {item_id: new for item_id, new in fixed.items() if new is not None}
+    plan.replaced = set(replaced)
+    for _, item_id in ops.to_update:
+        replaced[item_id] = local[local_pos[item_id]]  # stays in place with its new content
+    plan.deletes.extend(replaced)
+    new_ids = {item_id for _, item_id in ops.to_create}
+    yield
+    order = yield from _target_order(skeleton, local, local_pos, fixed, new_ids)
+    creates = {item_id: local[local_pos[item_id]] for item_id in new_ids}
+    creates.update(replaced)
+    plan.runs = _runs(order, creates)
+    return plan
+
+
+def plan_replay(remote: RemoteConversation) -> tuple[list[Run], list[str]]:
+    """What a new connection, which starts with an empty conversation, must be sent again.
+
+    Returns:
+        The runs that re-create, in order, every item whose content is known (a replayed
+        conversation holds text where the old one held audio), and the ids of the items that
+        cannot be replayed: audio whose transcript never arrived, a reply not done.
+    """
+    order: list[str] = []
+    creates: dict[str, llm.ChatItem] = {}
+    lost: list[str] = []
+    for r in remote.items():
+        if r.known_at is None:
+            lost.append(r.item.id)
+            continue
+        if not _has_content(r.item):
+            continue  # a reply that ended before it said anything
+        order.append(r.item.id)
+        creates[r.item.id] = r.item
+    return _runs(order, creates), lost
+
+
+def _has_content(item: llm.ChatItem) -> bool:
+    return item.type != "message" or bool(item.content)
+
+
+def _text_changed(new: llm.ChatItem, old: llm.ChatItem) -> bool:
+    if new is old or (
+        new.type == "message" and old.type == "message" and new.content == old.content
+    ):
+        return False
+    return _text_key(new) != _text_key(old)
+
+
+def _text_key(item: llm.ChatItem) -> str | None:
+    """What a server-made item holds as far as a sync can tell: its text, spaces folded.
+
+    A message's audio counts as its transcript. Other items have no text that a sync could
+    change (their content is the service's, as upstream's diff also treats them).
+    """
+    if item.type != "message":
+        return None
+    parts = [
+        c if isinstance(c, str) else c.transcript or ""
+        for c in item.content
+        if isinstance(c, (str, llm.AudioContent))
+    ]
+    return " ".join(" ".join(parts).split())
+
+
+def _target_order(
+    skeleton: list[str],
+    local: Sequence[llm.ChatItem],
+    local_pos: dict[str, int],
+    fixed: dict[str, llm.ChatItem | None],
+    new_ids: set[str],
+) -> Steps[list[str]]:
+    """The service's order after the sync: ``skeleton`` with the new items placed in it.
+
+    A new item goes between the diffed (client-made, kept) items around it in local order.
+    Within that window it follows the last fixed item that precedes it locally, if any, and then
+    the kept items the local context does not hold (user turns whose transcript is pending:
+    what is new came after them), unless it is at the very start. New items keep their order.
+    """
+    pos = {item_id: k for k, item_id in enumerate(skeleton)}
+    slots: dict[int, list[str]] = {}  # skeleton position -> new ids after it (-1: at the start)
+    seen_fixed: list[int] = []  # sorted skeleton positions of fixed items met in local order
+    group: list[tuple[bool, int | str]] = []  # since the last diffed item: (is_new, pos | id)
+    low = -1
+
+    def _place(high: int) -> None:
+        if not group:
+            return
+        k = bisect.bisect_left(seen_fixed, high) - 1
+        best = seen_fixed[k] if k >= 0 and seen_fixed[k] > low else low
+        floor = low
+        for is_new, value in group:
+            if not is_new:
+                assert isinstance(value, int)
+                if low < value < high:
+                    best = max(best, value)
+                bisect.insort(seen_fixed, value)
+                continue
+            assert isinstance(value, str)
+            at = max(best, floor)
+            if at >= 0:
+                while (
+                    at + 1 < high
+                    and skeleton[at + 1] in fixed
+                    and skeleton[at + 1] not in local_pos
+                ):
+                    at += 1
+            floor = at
+            slots.setdefault(at, []).append(value)
+        group.clear()
+
+    for n, item in enumerate(local, 1):
+        if n % STEP_ITEMS == 0:
+            yield
+        if item.id in new_ids:
+            group.append((True, item.id))
+        elif item.id in fixed:
+            group.append((False, pos[item.id]))
+        elif item.id in pos:
+            _place(pos[item.id])
+            low = pos[item.id]
+    _place(len(skeleton))
+
+    out = list(slots.get(-1, ()))
+    for k, item_id in enumerate(skeleton):
+        out.append(item_id)
+        out.extend(slots.get(k, ()))
+    return out
+
+
+def _runs(order: Iterable[str], creates: dict[str, llm.ChatItem]) -> list[Run]:
+    """The runs that create the ids of ``order`` found in ``creates``, each where it stands.
+
+    Consecutive new items are created after the item before them, which the service holds,
+    each run last item first, so no create depends on another. The service wants a function
+    call before its output: see :func:`_split` for new items that hold both.
+    """
+    runs: list[Run] = []
+    anchor: str | None = None
+    new: list[llm.ChatItem] = []
+    for item_id in order:
+        item = creates.get(item_id)
+        if item is None:
+            runs.extend(_split(anchor, new))
+            new = []
+            anchor = item_id
+        else:
+            new.append(item)
+    runs.extend(_split(anchor, new))
+    return runs
+
+
+def _split(anchor: str | None, items: list[llm.ChatItem]) -> list[Run]:
+    """Runs that insert ``items`` after ``anchor``, a function call before its outputs.
+
+    The items after the last output of a new call go first, after ``anchor``; then the items up
+    to the last call with an output among them (the same way, repeatedly); then the items
+    between that call and that output, after the call: they fail with it, and only they.
+    """
+    # for each prefix length: the last output of a call earlier in it, and the latest such call
+    call_at: dict[str, int] = {}
+    last_output = [-1] * (len(items) + 1)
+    last_call = [-1] * (len(items) + 1)
+    for i, item in enumerate(items):
+        last_output[i + 1], last_call[i + 1] = last_output[i], last_call[i]
+        if item.type == "function_call":
+            call_at[item.call_id] = i
+        elif item.type == "function_call_output" and item.call_id in call_at:
+            last_output[i + 1] = i
+            last_call[i + 1] = max(last_call[i], call_at[item.call_id])
+    first: list[Run] = []
+    then: list[Run] = []
+    end = len(items)
+    while end and last_output[end] >= 0:
+        out, call = last_output[end], last_call[end]
+        if out + 1 < end:
+            first.append(Run(anchor, tuple(items[out + 1 : end])))
+        then.append(Run(items[call].id, tuple(items[call + 1 : out + 1])))
+        end = call + 1
+    if end:
+        first.append(Run(anchor, tuple(items[:end])))
+    return first + then[::-1]
+
+
+def _run(steps: Steps[T]) -> T:
+    """Run a ``*_steps`` generator to its end, without pausing."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
