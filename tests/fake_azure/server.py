@@ -129,6 +129,25 @@ class Rejection:
 
 
 @dataclass
+class LostAnswer:
+    """A one-shot lost answer, see :meth:`FakeAzureRealtimeServer.lose_next_answer`."""
+
+    match: str | Predicate
+    server_error: bool
+    client_event: JsonDict | None = None
+    """The client event whose answer was lost, once it happened."""
+
+    @property
+    def fired(self) -> bool:
+        return self.client_event is not None
+
+    def matches(self, event: JsonDict) -> bool:
+        if isinstance(self.match, str):
+            return event.get("type") == self.match
+        return bool(self.match(event))
+
+
+@dataclass
 class _ActiveResponse:
     response: JsonDict
     out_of_band: bool
@@ -221,6 +240,8 @@ class FakeAzureRealtimeServer:
         self._script: deque[tuple[Reply, ...]] = deque()
         self._rejections: list[Rejection] = []
         self._drop_when: Callable[[int, JsonDict], bool] | None = None
+        # lose_next_answer: one-shot losses of a client event's answer (the stateful test)
+        self._lost_answers: list[LostAnswer] = []
         self._received_counts: dict[str, int] = {}
         self._waiters: set[asyncio.Future[None]] = set()
         self._test_server: TestServer | None = None
@@ -417,6 +438,17 @@ class FakeAzureRealtimeServer:
         ``match(connection_index, event)`` accepts, before applying it: a network drop in the
         middle of a burst of events, at a point a test chooses. One shot."""
         self._drop_when = match
+
+    def lose_next_answer(self, match: str | Predicate, *, server_error: bool = False) -> LostAnswer:
+        """Swallow the next client event matching ``match`` once: not applied, never answered.
+
+        With ``server_error`` it is answered by a ``server_error`` whose ``event_id`` is
+        ``null`` (an answer the client cannot tie to its event). Guess: Azure's transient
+        failures look like this; the knob exists for the stateful test's lost-answer rule.
+        """
+        lost = LostAnswer(match=match, server_error=server_error)
+        self._lost_answers.append(lost)
+        return lost
 
     def _abort(self, conn: _Connection) -> None:
         conn.closed = True
@@ -654,6 +686,18 @@ class FakeAzureRealtimeServer:
             self._drop_when = None
             self._abort(conn)
             return
+
+        for i, lost in enumerate(self._lost_answers):
+            if lost.matches(event):
+                del self._lost_answers[i]
+                lost.client_event = event
+                if lost.server_error:
+                    spec = p.ErrorSpec("server_error", "The server had an error.", None, "server_error")
+                    ev = p.error_event(spec, None)
+                    self.errors.append(ErrorRecord(conn.index, ev, event))
+                    await self._send(conn, ev)
+                self._notify()
+                return
 
         try:
             for i, rej in enumerate(self._rejections):
