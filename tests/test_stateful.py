@@ -1664,8 +1664,9 @@ WORD = st.text(alphabet="abcdefghijklmnopqrstuvwxyz ", min_size=1, max_size=16)
 INDEX = st.integers(min_value=0, max_value=10_000)
 ROLE = st.sampled_from(["user", "assistant", "system", "developer"])
 CODE = st.sampled_from(["server_error", "invalid_value", "rate_limit_exceeded"])
-TRANSCRIPT = st.one_of(st.none(), st.just(""), WORD)
-"""none (never transcribed), empty (noise: transcribed as ""), or words"""
+TRANSCRIPT = st.one_of(st.none(), WORD, *([] if "empty_transcript" in SKIP_RULES else [st.just("")]))
+"""none (never transcribed), words, or empty (noise: transcribed as ""; FORK_STATEFUL_SKIP
+naming ``empty_transcript`` leaves it out)"""
 DELAY = st.sampled_from([0.0, 0.0, 0.02, 0.08])
 ONE_REPLY = st.one_of(
     st.builds(TextReply, WORD),
