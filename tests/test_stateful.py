@@ -960,19 +960,20 @@ class Harness:
 
     # ------------------------------------------------------------------ generate_reply mid-sync
 
-    async def reply_during_sync(self, texts: Sequence[str]) -> None:
-        """``generate_reply()`` while a sync is in flight: its ``response.create`` reaches the
-        service after all of the sync's creates and deletes."""
-        for text in texts:
-            self.local.add_message(role="user", content=text, id=self.new_id("gr"))
+    async def reply_during_sync(self, count: int, ticks: int) -> None:
+        """``generate_reply()`` while a sync is in flight (``ticks`` loop turns after it began,
+        as AgentActivity may call it): its ``response.create`` reaches the service after all of
+        the sync's creates and deletes."""
+        for k in range(count):
+            self.local.add_message(role="user", content=f"before the reply {k}", id=self.new_id("gr"))
         received = len(self.server.received)
-        creates = self.server.received_count("conversation.item.create")
         self._script([TextReply("a reply after the sync")])
         sync = asyncio.create_task(self.sync(self.local, alone=False))
         try:
-            await self.server.wait_for(
-                lambda: self.server.received_count("conversation.item.create") > creates, BOUND
-            )
+            # one turn starts `sync`, whose wait_for starts update_chat_ctx in a task of its
+            # own: from the second on, update_chat_ctx was called (ran up to its first wait)
+            for _ in range(1 + ticks):
+                await asyncio.sleep(0)
             mid = not sync.done()
             reply = asyncio.ensure_future(self.session.generate_reply())
             err = await asyncio.wait_for(asyncio.shield(sync), BOUND)
@@ -1760,9 +1761,9 @@ class ChatCtxSyncMachine(RuleBasedStateMachine):
     def move_before_reply(self, which: int, reply: int) -> None:
         self.step(self.h.move_before_reply(which, reply))
 
-    @rule(texts=st.lists(WORD, min_size=20, max_size=60))
-    def reply_during_sync(self, texts: list[str]) -> None:
-        self.step(self.h.reply_during_sync(texts))
+    @rule(count=st.integers(min_value=1, max_value=200), ticks=st.integers(1, 6))
+    def reply_during_sync(self, count: int, ticks: int) -> None:
+        self.step(self.h.reply_during_sync(count, ticks))
 
     @rule(instructions=WORD, text=WORD)
     def agent_switch(self, instructions: str, text: str) -> None:
