@@ -67,9 +67,7 @@ FORK_REVS = {"3c7303c": "1.4.6.post1", "398142d": "1.4.6.post2"}
 # forks whose GA runs are judged as an upstream version: 1.4.6.post1 left the GA session as 1.4.6's
 GA_JUDGED_AS = {"1.4.6.post1": "1.4.6"}
 # the columns of the regression tables: whether a test names the version
-REGRESSION_COLUMNS = {
-    v: f"fails on {v}?" for v in [UPSTREAM_VERSIONS[0], *FORK_REVS.values()]
-}
+REGRESSION_COLUMNS = {v: f"fails on {v}?" for v in [UPSTREAM_VERSIONS[0], *FORK_REVS.values()]}
 
 sys.path.insert(0, str(PKG / "_build"))
 import lk_fork_backend  # noqa: E402
@@ -478,7 +476,7 @@ def _judge_regressions(
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff + mypy (upstream settings) on the patched plugin, and on our own code."""
+    """ruff + mypy (upstream settings) on the patched plugin, and on our own code (src/ too)."""
     session.install(
         "ruff",
         "mypy",
@@ -499,13 +497,36 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "format", "--check", "--config", cfg, *plugin)
     with lk_fork_backend.chdir(tree):
         session.run("mypy", "--config-file", cfg, "-p", "livekit.plugins.openai")
+    # our own modules (src/): ruff on the src/ files themselves, mypy on their copies in the
+    # patched tree (their relative imports, `..log` etc., resolve only there; checking src/ as
+    # well would give each module twice), after making sure the copies are src/'s current text
+    src = ROOT / lk_fork_backend.SRC_DIR
+    modules = lk_fork_backend.own_modules(src)
+    stale = [
+        str(rel)
+        for rel in modules
+        if tree.joinpath(*rel.parts).read_bytes() != src.joinpath(*rel.parts).read_bytes()
+    ]
+    if stale:
+        session.error(f"the patched tree's copies differ from src/: {', '.join(stale)}")
     ours = [str(p) for group in _our_code() for p in group]
+    ours += [str(src.joinpath(*rel.parts)) for rel in modules]
     session.run("ruff", "check", *ours)
     session.run("ruff", "format", "--check", *ours)
+    if modules:
+        names = [".".join(rel.with_suffix("").parts) for rel in modules]
+        with lk_fork_backend.chdir(tree):
+            session.run("mypy", "--config-file", cfg, *(a for n in names for a in ("-m", n)))
     mypy_path = os.pathsep.join([str(tree), str(PKG / "_build")])
     for group in _our_code():
-        # one mypy run per group: tests/ and tests/packaging/ each have a top-level `conftest`
-        session.run("mypy", "--config-file", cfg, *map(str, group), env={"MYPYPATH": mypy_path})
+        # one mypy run per group: tests/ and tests/packaging/ each have a top-level `conftest`;
+        # noxfile.py imports tools/export_series.py
+        path = (
+            mypy_path + os.pathsep + str(ROOT / "tools")
+            if ROOT / "noxfile.py" in group
+            else mypy_path
+        )
+        session.run("mypy", "--config-file", cfg, *map(str, group), env={"MYPYPATH": path})
 
 
 def _our_code() -> list[list[Path]]:
@@ -636,7 +657,9 @@ def patches(session: nox.Session) -> None:
                 "the exported series (git am) gives another tree than the applier plus src/ "
                 f"(what the wheel is built from); differing files: {', '.join(differ)}"
             )
-        session.log(f"applier + src/ == git am of the exported series on all {len(ours_files)} files")
+        session.log(
+            f"applier + src/ == git am of the exported series on all {len(ours_files)} files"
+        )
 
         wheel = built_wheel(session)
         package = {k: v for k, v in ours_files.items() if k.split("/", 1)[0] == "livekit"}

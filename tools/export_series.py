@@ -152,7 +152,9 @@ def module_patches(src: Path, work: Path) -> list[tuple[str, str]]:
     )
     files = [Path(line) for line in listing.splitlines() if line.strip()]
     if len(files) != len(modules):
-        raise ExportError(f"error: format-patch wrote {len(files)} files for {len(modules)} modules")
+        raise ExportError(
+            f"error: format-patch wrote {len(files)} files for {len(modules)} modules"
+        )
     return [(_NUMBER_RE.sub("", f.name), f.read_text(encoding="utf-8")) for f in files]
 
 
