@@ -2,7 +2,7 @@
 
 Sessions (``nox -l`` lists them):
 
-* ``build``: build the wheel once into ``.nox/_dist/`` (reused while patches/, the packaging
+* ``build``: build the wheel once into ``.nox/_dist/`` (reused while patches/, src/, the packaging
   directory and the pin are unchanged).
 * ``tests(deps='floor'|'latest')``: install the built wheel and run pytest against the installed
   copy, never the source tree.
@@ -230,7 +230,7 @@ def _require(session: nox.Session, path: Path, what: str) -> None:
 
 @nox.session
 def build(session: nox.Session) -> None:
-    """Build the patched wheel into .nox/_dist/ (cached on patches/, packaging and pin)."""
+    """Build the patched wheel into .nox/_dist/ (cached on patches/, src/, packaging and pin)."""
     wheel = built_wheel(session)
     print(wheel)
 
@@ -356,6 +356,12 @@ def fork_wheel_at(session: nox.Session, rev: str) -> Path:
             capture_output=True,
             text=True,
         ).stdout.strip()
+        for name in ("LICENSE", "NOTICE"):  # later backends ship them, from next to patches/
+            shown = subprocess.run(
+                ["git", "-C", str(ROOT), "show", f"{sha}:{name}"], capture_output=True, check=False
+            )
+            if shown.returncode == 0:
+                (project / name).write_bytes(shown.stdout)
         if has_src:  # the fork's own modules, next to patches/ (commits from 91aa4dd on)
             archive = subprocess.run(
                 ["git", "-C", str(ROOT), "archive", "--format=tar", sha, lk_fork_backend.SRC_DIR],
