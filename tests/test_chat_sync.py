@@ -76,7 +76,7 @@ def _mirror(specs: list[Spec]) -> tuple[RemoteConversation, int]:
         else:
             empty = _item(spec, "") if spec.kind == "message" else _item(spec, "")
             remote.add(empty, prev, origin="server", known=False)
-            remote.get(spec.item_id).audio = spec.kind == "reply"  # type: ignore[union-attr]
+            remote.get(spec.item_id).audio = spec.kind == "reply"
             if spec.known == "before":
                 remote.complete(spec.item_id, _item(spec))
         prev = spec.item_id
@@ -272,7 +272,9 @@ def _longest_in_order(service_order: list[str], local_order: list[str]) -> int:
     table = [[0] * (len(local_order) + 1) for _ in range(len(service_order) + 1)]
     for i, a in enumerate(service_order):
         for j, b in enumerate(local_order):
-            table[i + 1][j + 1] = table[i][j] + 1 if a == b else max(table[i][j + 1], table[i + 1][j])
+            table[i + 1][j + 1] = (
+                table[i][j] + 1 if a == b else max(table[i][j + 1], table[i + 1][j])
+            )
     return table[-1][-1]
 
 
@@ -391,7 +393,7 @@ def test_a_move_before_an_audio_reply_recreates_the_moved_item() -> None:
     remote = chat_sync.RemoteConversation()
     remote.add(_msg("k", "a", "system"), None, origin="client")
     remote.add(_msg("R", "", "assistant"), "k", origin="server", known=False)
-    remote.get("R").audio = True  # type: ignore[union-attr]
+    remote.get("R").audio = True
     remote.complete("R", _msg("R", "hello", "assistant"))
     remote.add(_msg("c", "b", "system"), "R", origin="client")
     local = [_msg("k", "a", "system"), _msg("c", "b", "system"), _msg("R", "hello", "assistant")]

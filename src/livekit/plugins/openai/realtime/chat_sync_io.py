@@ -180,7 +180,7 @@ class ChatSyncIO:
         """
         if not batch.done:
             done = asyncio.get_running_loop().create_future()
-            batch.on_done = lambda: done.done() or done.set_result(None)
+            batch.on_done = lambda: _resolve(done)
             answers = -1
             while not batch.done and batch.answers != answers:
                 answers = batch.answers
@@ -434,8 +434,16 @@ def decode_server_event(data: str) -> dict[str, Any] | None:
     return event
 
 
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
 def item_event_writer(
-    *, create: Callable[..., Any], delete: Callable[..., Any], to_item: Callable[[llm.ChatItem], Any]
+    *,
+    create: Callable[..., Any],
+    delete: Callable[..., Any],
+    to_item: Callable[[llm.ChatItem], Any],
 ) -> Callable[[Operation], Any]:
     """How a protocol writes the state's operations: its create and delete event types and its
     item conversion."""

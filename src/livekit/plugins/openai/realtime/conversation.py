@@ -383,4 +383,3 @@ class ConversationState:
             self.remote.complete(call.id, call)
         else:
             self._ended_early[call.id] = (call, False)
-

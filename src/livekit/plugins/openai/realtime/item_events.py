@@ -13,7 +13,7 @@ item is pending. The events of one ``update_chat_ctx`` (or of one replay) form a
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -94,7 +94,7 @@ class PendingItemEvents:
     def __len__(self) -> int:
         return len(self._by_event)
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[ItemEvent]:
         return iter(list(self._by_event.values()))
 
     def get(self, event_id: str) -> ItemEvent | None:
