@@ -12,6 +12,7 @@ how regression tests run on upstream.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 
 import pytest
@@ -195,16 +196,17 @@ async def test_turn_on_connection_dropped_mid_replay_kept_by_next_replay(
         fake_azure.create_delay = 0.0
         await fake_azure.drop_connections()
         await fake_azure.wait_connected(3)
-        await fake_azure.wait_for(
-            lambda: creates_on(fake_azure, 2) >= count and fake_azure.live_connections == 1
-        )
+        with contextlib.suppress(asyncio.TimeoutError):  # a short replay: the asserts tell
+            await fake_azure.wait_for(lambda: creates_on(fake_azure, 2) >= count, timeout=3.0)
         await asyncio.sleep(0.2)  # the rest of the replay, if any
 
         held = fake_azure.conversation_ids()
         assert turn_id in held, "the user turn of the interrupted connection was not replayed"
         assert reply_id in held, "the reply of the interrupted connection was not replayed"
         assert held.index(turn_id) < held.index(reply_id)
-        assert [i for i in held if i not in (turn_id, reply_id)] == ids(ctx.items)
+        assert [i for i in held if i not in (turn_id, reply_id)] == ids(ctx.items), (
+            f"the third connection holds {len(held)} items"
+        )
         by_id = {i["id"]: i for i in fake_azure.conversation}
         assert by_id[turn_id]["content"] == [
             {"type": "input_text", "text": "spoken during the replay"}
