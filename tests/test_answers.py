@@ -33,8 +33,9 @@ SYNC_ITEMS = 1000
 
 
 def _creates(item_id: str) -> object:
-    return lambda ev: ev.get("type") == "conversation.item.create" and (
-        (ev.get("item") or {}).get("id") == item_id
+    return lambda ev: (
+        ev.get("type") == "conversation.item.create"
+        and ((ev.get("item") or {}).get("id") == item_id)
     )
 
 

@@ -69,7 +69,8 @@ async def test_voice_turn_with_empty_transcript_kept_by_next_sync(
 def _image_message() -> llm.ChatContext:
     ctx = text_ctx(("sys_1", "system", "TEST"))
     ctx.add_message(
-        role="user", content=["what is in this picture?", llm.ImageContent(image=PNG_DATA_URL)],
+        role="user",
+        content=["what is in this picture?", llm.ImageContent(image=PNG_DATA_URL)],
         id="user_img",
     )
     ctx.add_message(role="assistant", content="a dot", id="asst_1")

@@ -74,7 +74,7 @@ async def test_client_item_moved_before_a_known_reply_is_moved(
         assert touched_ids(sent_since(fake_azure, start)) == {"c"}
         content_types = [part["type"] for part in fake_azure.conversation[2]["content"]]
         if reply == "audio":
-            assert content_types == [
-                "output_audio" if fake_azure.protocol == "ga" else "audio"
-            ], "the audio reply was re-created"
+            assert content_types == ["output_audio" if fake_azure.protocol == "ga" else "audio"], (
+                "the audio reply was re-created"
+            )
         assert [i.id for i in sess.chat_ctx.items] == ["k", "c", r_id]
