@@ -114,9 +114,12 @@ class Rejection:
     """A one-shot injected rejection, see :meth:`FakeAzureRealtimeServer.reject_next`."""
 
     match: str | Predicate
-    error: p.ErrorSpec
+    error: p.ErrorSpec | None
+    """The error to answer with; ``None``: no answer at all (see ``lose_next``)."""
     client_event: JsonDict | None = None
     """The client event that was rejected, once it happened."""
+    echo_event_id: bool = True
+    """Whether the error names the client event's ``event_id``."""
 
     @property
     def fired(self) -> bool:
@@ -221,6 +224,10 @@ class FakeAzureRealtimeServer:
         self._script: deque[tuple[Reply, ...]] = deque()
         self._rejections: list[Rejection] = []
         self._drop_when: Callable[[int, JsonDict], bool] | None = None
+        self._observers: list[Callable[[ReceivedEvent], None]] = []
+        self.create_delay = 0.0
+        """Seconds the server waits before handling each ``conversation.item.create``: a slow
+        service (events are still processed in order; server-side turns go on meanwhile)."""
         self._received_counts: dict[str, int] = {}
         self._waiters: set[asyncio.Future[None]] = set()
         self._test_server: TestServer | None = None
@@ -403,14 +410,35 @@ class FakeAzureRealtimeServer:
         param: str | None = None,
         *,
         error_type: str = "invalid_request_error",
+        echo_event_id: bool = True,
     ) -> Rejection:
         """Reject the next client event matching ``match`` (a type or a predicate) once.
 
         The event is answered with an error echoing its ``event_id`` and is not applied.
+        ``echo_event_id=False`` leaves the error's ``event_id`` out (a simulated fault: an
+        error that names no client event, e.g. a ``server_error``).
         """
-        rej = Rejection(match=match, error=p.ErrorSpec(code, message, param, error_type))
+        rej = Rejection(
+            match=match,
+            error=p.ErrorSpec(code, message, param, error_type),
+            echo_event_id=echo_event_id,
+        )
         self._rejections.append(rej)
         return rej
+
+    def lose_next(self, match: str | Predicate) -> Rejection:
+        """Neither apply nor answer the next client event matching ``match``, once.
+
+        A simulated fault: the event's answer is lost (the service never reports it). The
+        returned record's ``client_event`` is the event, once it happened.
+        """
+        rej = Rejection(match=match, error=None)
+        self._rejections.append(rej)
+        return rej
+
+    def observe(self, callback: Callable[[ReceivedEvent], None]) -> None:
+        """Call ``callback`` with every client event as it arrives, before it is applied."""
+        self._observers.append(callback)
 
     def drop_when(self, match: Callable[[int, JsonDict], bool]) -> None:
         """Drop the connection (as ``drop_connections`` does) on the next client event that
@@ -617,9 +645,17 @@ class FakeAzureRealtimeServer:
         self._notify()
 
     async def _send_error(
-        self, conn: _Connection, spec: p.ErrorSpec, client_event: JsonDict | None
+        self,
+        conn: _Connection,
+        spec: p.ErrorSpec,
+        client_event: JsonDict | None,
+        *,
+        echo_event_id: bool = True,
     ) -> None:
-        event_id = client_event.get("event_id") if client_event is not None else None
+        """Send an error about ``client_event``, naming its ``event_id`` if ``echo_event_id``."""
+        event_id = (
+            client_event.get("event_id") if client_event is not None and echo_event_id else None
+        )
         ev = p.error_event(spec, event_id if isinstance(event_id, str) else None)
         self.errors.append(ErrorRecord(conn.index, ev, client_event))
         await self._send(conn, ev)
@@ -650,6 +686,9 @@ class FakeAzureRealtimeServer:
             if isinstance(item, dict) and item.get("type") is None:
                 self.typeless_creates += 1
 
+        for observer in self._observers:
+            observer(self.received[-1])
+
         if self._drop_when is not None and self._drop_when(conn.index, event):
             self._drop_when = None
             self._abort(conn)
@@ -660,7 +699,10 @@ class FakeAzureRealtimeServer:
                 if rej.matches(event):
                     del self._rejections[i]
                     rej.client_event = event
-                    await self._send_error(conn, rej.error, event)
+                    if rej.error is not None:
+                        await self._send_error(
+                            conn, rej.error, event, echo_event_id=rej.echo_event_id
+                        )
                     return
 
             if etype is None:
@@ -793,6 +835,8 @@ class FakeAzureRealtimeServer:
     # ------------------------------------------------------------------ conversation items
 
     async def _on_item_create(self, conn: _Connection, ev: JsonDict) -> p.ErrorSpec | None:
+        if self.create_delay:
+            await asyncio.sleep(self.create_delay)
         conv = conn.conversation
         if spec := c.precheck_create(ev):
             return spec
