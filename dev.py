@@ -8,6 +8,8 @@
     python3 dev.py live [ARGS...]       opt-in live check on Azure (tools/live_check.py); without
                                         AZURE_OPENAI_ENDPOINT, AZURE_OPENAI_API_KEY and
                                         AZURE_OPENAI_DEPLOYMENT one line says so (exit 0)
+    python3 dev.py series OUTDIR        write the complete backport series (patches/series plus
+                                        one patch per module of src/) for `git am` into OUTDIR
     python3 dev.py SESSION [SESSION...] [-- POSARGS]   run any nox session(s), e.g. `lint`
 
 The first run creates ``.bootstrap/`` (a stdlib venv) holding pinned nox and uv; later runs reuse
@@ -55,8 +57,11 @@ def bootstrap() -> Path:
 
 def nox_command(argv: list[str]) -> list[str]:
     """Translate dev.py's arguments into a nox command line (without the interpreter)."""
-    if not argv or argv[0] in ("-h", "--help", "help"):
+    if not argv:
         raise SystemExit(USAGE)
+    if argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return ["--list"]  # and the sessions, exit 0
     cmd, rest = argv[0], argv[1:]
     if cmd == "test":
         return ["-s", *TEST_SESSIONS, *rest]
@@ -64,6 +69,11 @@ def nox_command(argv: list[str]) -> list[str]:
         if rest[:1] == ["--"]:  # `dev.py demo -- ARGS` as for other sessions
             rest = rest[1:]
         return ["-s", cmd, "--", *rest]
+    if cmd == "series":
+        if rest[:1] == ["--"]:
+            rest = rest[1:]
+        # OUTDIR is relative to the caller's directory; nox runs from the repository
+        return ["-s", cmd, "--", *(str(Path(a).resolve()) for a in rest)]
     sessions = []
     while rest and not rest[0].startswith("-"):
         sessions.append(rest.pop(0))

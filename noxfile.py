@@ -2,16 +2,19 @@
 
 Sessions (``nox -l`` lists them):
 
-* ``build``: build the wheel once into ``.nox/_dist/`` (reused while patches/, the packaging
+* ``build``: build the wheel once into ``.nox/_dist/`` (reused while patches/, src/, the packaging
   directory and the pin are unchanged).
 * ``tests(deps='floor'|'latest')``: install the built wheel and run pytest against the installed
   copy, never the source tree.
 * ``tests_upstream(version='1.4.6'|'1.4.3')``: run the suite against pristine upstream and check
   that every ``@pytest.mark.regression(fails_on=...)`` test naming that version fails.
-* ``tests_fork(rev='3c7303c')``: the same judging on the fork as built from ``patches/`` of an
-  earlier commit (labelled with that wheel's version, e.g. ``1.4.6.post1``).
+* ``tests_fork(rev='3c7303c'|'398142d')``: the same judging on the fork as built from
+  ``patches/`` (and ``src/``) of an earlier commit, labelled with that wheel's version
+  (``1.4.6.post1``, ``1.4.6.post2``).
 * ``lint``: ruff and mypy (upstream settings) on the patched plugin sources and on our own code.
-* ``patches``: the series applies exactly with our applier and with ``git am``, same result.
+* ``patches``: the series applies exactly with our applier; the exported complete series
+  (``series``) applies with ``git am``; both trees and the built wheel's ``livekit/`` are equal.
+* ``series``: write the complete backport series (``tools/export_series.py``) into OUTDIR.
 * ``bench``, ``soak``, ``demo``, ``upstream``: thin wrappers around scripts in tools/, tests/ and
   examples/.
 * ``live``: the opt-in live check on real Azure (tools/live_check.py); one skip line and exit 0
@@ -31,6 +34,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from xml.etree import ElementTree
@@ -56,18 +60,22 @@ FLOOR_DATE = "2026-03-17T00:00:00Z"
 # fallback for the virtualenv backend (pip has no --exclude-newer): the same resolution, pinned
 FLOOR_CONSTRAINTS = TESTS / "packaging" / "floor-constraints.txt"
 UPSTREAM_VERSIONS = ["1.4.6", "1.4.3"]
-# earlier commits whose fork tests_fork rebuilds: 3c7303c is main before the sync planner series,
-# the fork released as 1.4.6.post1 (regression tests name it by that version)
-FORK_REVS = ["3c7303c"]
-# the columns of the regression tables: whether a test names the version (fork-before: the
-# fork at FORK_REVS[0], released as 1.4.6.post1)
-FORK_BEFORE_LABEL = "1.4.6.post1"
-REGRESSION_COLUMNS = {"1.4.6": "fails on 1.4.6?", FORK_BEFORE_LABEL: "fails on fork-before?"}
+# earlier commits whose fork tests_fork rebuilds, with the version their wheel carries (regression
+# tests name a fork by it): 3c7303c is main before the sync planner series, 398142d the fork as
+# landed before the conversation state machine (issue 14)
+FORK_REVS = {"3c7303c": "1.4.6.post1", "398142d": "1.4.6.post2"}
+# forks whose GA runs are judged as an upstream version: 1.4.6.post1 left the GA session as 1.4.6's
+GA_JUDGED_AS = {"1.4.6.post1": "1.4.6"}
+# the columns of the regression tables: whether a test names the version
+REGRESSION_COLUMNS = {v: f"fails on {v}?" for v in [UPSTREAM_VERSIONS[0], *FORK_REVS.values()]}
 
 sys.path.insert(0, str(PKG / "_build"))
 import lk_fork_backend  # noqa: E402
 import lk_fork_fetch  # noqa: E402
 import lk_fork_patch  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "tools"))
+import export_series  # noqa: E402
 
 
 def _uses_uv(session: nox.Session) -> bool:
@@ -222,7 +230,7 @@ def _require(session: nox.Session, path: Path, what: str) -> None:
 
 @nox.session
 def build(session: nox.Session) -> None:
-    """Build the patched wheel into .nox/_dist/ (cached on patches/, packaging and pin)."""
+    """Build the patched wheel into .nox/_dist/ (cached on patches/, src/, packaging and pin)."""
     wheel = built_wheel(session)
     print(wheel)
 
@@ -271,7 +279,7 @@ def tests_upstream(session: nox.Session, version: str) -> None:
 
 
 @nox.session
-@nox.parametrize("rev", FORK_REVS)
+@nox.parametrize("rev", list(FORK_REVS))
 def tests_fork(session: nox.Session, rev: str) -> None:
     """Run the suite on the fork built from patches/ at git REV; its regression tests must fail.
 
@@ -281,6 +289,8 @@ def tests_fork(session: nox.Session, rev: str) -> None:
     """
     wheel = fork_wheel_at(session, rev)
     label = wheel.name.split("-")[1]
+    if label != FORK_REVS[rev]:
+        session.error(f"the wheel built at {rev} is {label}, FORK_REVS says {FORK_REVS[rev]}")
     session.install(str(wheel), "-r", str(TEST_REQUIREMENTS))
     session.install("--force-reinstall", "--no-deps", str(wheel))
     _assert_installed_copy(session)
@@ -292,8 +302,9 @@ def tests_fork(session: nox.Session, rev: str) -> None:
 def fork_wheel_at(session: nox.Session, rev: str) -> Path:
     """The fork's wheel as built at git ``rev``, cached in ``.nox/_dist/fork-<sha>/``.
 
-    A temp copy of that commit's packaging directory gets that commit's ``patches/`` next to
-    its ``pyproject.toml`` (where the backend looks first); the upstream sdist is the cached one.
+    A temp copy of that commit's packaging directory gets that commit's ``patches/`` (and
+    ``src/``, where it has one) next to its ``pyproject.toml`` (where the backend looks first);
+    the upstream sdist is the cached one.
     """
     sha = subprocess.run(
         ["git", "-C", str(ROOT), "rev-parse", "--verify", f"{rev}^{{commit}}"],
@@ -339,6 +350,29 @@ def fork_wheel_at(session: nox.Session, rev: str) -> Path:
                     capture_output=True,
                 ).stdout
                 (patches / Path(path).name).write_bytes(blob)
+        has_src = subprocess.run(
+            ["git", "-C", str(ROOT), "ls-tree", "-d", sha, lk_fork_backend.SRC_DIR],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        for name in ("LICENSE", "NOTICE"):  # later backends ship them, from next to patches/
+            shown = subprocess.run(
+                ["git", "-C", str(ROOT), "show", f"{sha}:{name}"], capture_output=True, check=False
+            )
+            if shown.returncode == 0:
+                (project / name).write_bytes(shown.stdout)
+        if has_src:  # the fork's own modules, next to patches/ (commits from 91aa4dd on)
+            archive = subprocess.run(
+                ["git", "-C", str(ROOT), "archive", "--format=tar", sha, lk_fork_backend.SRC_DIR],
+                check=True,
+                capture_output=True,
+            ).stdout
+            with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+                if hasattr(tarfile, "data_filter"):
+                    tar.extractall(project, filter="data")
+                else:  # pragma: no cover
+                    tar.extractall(project)  # noqa: S202
         out = work / "out"
         env = {lk_fork_fetch.SDIST_ENV: str(sdist)}
         if shutil.which("uv"):
@@ -398,8 +432,8 @@ def _judge_regressions(
 
     ``fails_on`` versions must fail in the call phase, ``passes_on`` versions must pass; a
     ``VERSION:PROTOCOL`` label (``"1.4.6:ga"``) applies to that protocol's runs only and wins. A GA
-    run (``[ga-…]``) of the fork before the planner is judged as upstream 1.4.6: that fork left
-    the GA session as upstream's.
+    run (``[ga-…]``) of a fork in ``GA_JUDGED_AS`` is judged as that upstream version: the fork
+    before the planner (1.4.6.post1) left the GA session as upstream 1.4.6's.
     """
     columns = REGRESSION_COLUMNS
     rows = []
@@ -409,9 +443,7 @@ def _judge_regressions(
         passes_on = [str(v) for v in r.get("passes_on", [])]  # type: ignore[attr-defined]
         nodeid = str(r["nodeid"])
         protocol = "ga" if "[ga" in nodeid else "preview"
-        label = version
-        if protocol == "ga" and version == FORK_BEFORE_LABEL:
-            label = "1.4.6"
+        label = GA_JUDGED_AS.get(version, version) if protocol == "ga" else version
         if f"{label}:{protocol}" in passes_on:  # a case that cannot apply to this protocol
             expected = "passed"
         elif label in fails_on or f"{label}:{protocol}" in fails_on:
@@ -450,7 +482,7 @@ def _judge_regressions(
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff + mypy (upstream settings) on the patched plugin, and on our own code."""
+    """ruff + mypy (upstream settings) on the patched plugin, and on our own code (src/ too)."""
     session.install(
         "ruff",
         "mypy",
@@ -471,13 +503,36 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "format", "--check", "--config", cfg, *plugin)
     with lk_fork_backend.chdir(tree):
         session.run("mypy", "--config-file", cfg, "-p", "livekit.plugins.openai")
+    # our own modules (src/): ruff on the src/ files themselves, mypy on their copies in the
+    # patched tree (their relative imports, `..log` etc., resolve only there; checking src/ as
+    # well would give each module twice), after making sure the copies are src/'s current text
+    src = ROOT / lk_fork_backend.SRC_DIR
+    modules = lk_fork_backend.own_modules(src)
+    stale = [
+        str(rel)
+        for rel in modules
+        if tree.joinpath(*rel.parts).read_bytes() != src.joinpath(*rel.parts).read_bytes()
+    ]
+    if stale:
+        session.error(f"the patched tree's copies differ from src/: {', '.join(stale)}")
     ours = [str(p) for group in _our_code() for p in group]
+    ours += [str(src.joinpath(*rel.parts)) for rel in modules]
     session.run("ruff", "check", *ours)
     session.run("ruff", "format", "--check", *ours)
+    if modules:
+        names = [".".join(rel.with_suffix("").parts) for rel in modules]
+        with lk_fork_backend.chdir(tree):
+            session.run("mypy", "--config-file", cfg, *(a for n in names for a in ("-m", n)))
     mypy_path = os.pathsep.join([str(tree), str(PKG / "_build")])
     for group in _our_code():
-        # one mypy run per group: tests/ and tests/packaging/ each have a top-level `conftest`
-        session.run("mypy", "--config-file", cfg, *map(str, group), env={"MYPYPATH": mypy_path})
+        # one mypy run per group: tests/ and tests/packaging/ each have a top-level `conftest`;
+        # noxfile.py imports tools/export_series.py
+        path = (
+            mypy_path + os.pathsep + str(ROOT / "tools")
+            if ROOT / "noxfile.py" in group
+            else mypy_path
+        )
+        session.run("mypy", "--config-file", cfg, *map(str, group), env={"MYPYPATH": path})
 
 
 def _our_code() -> list[list[Path]]:
@@ -517,9 +572,28 @@ def _files(root: Path) -> dict[str, bytes]:
     }
 
 
+def _differing(a: dict[str, bytes], b: dict[str, bytes]) -> list[str]:
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+
+
+def _wheel_package_files(wheel: Path) -> dict[str, bytes]:
+    """The wheel's files outside its ``.dist-info`` (the only place its version is written)."""
+    with zipfile.ZipFile(wheel) as zf:
+        return {
+            name: zf.read(name)
+            for name in sorted(zf.namelist())
+            if not name.endswith("/") and not name.split("/", 1)[0].endswith(".dist-info")
+        }
+
+
 @nox.session(venv_backend="none")
 def patches(session: nox.Session) -> None:
-    """The series applies exactly (our applier) and via `git am`; both give the same tree."""
+    """The series applies exactly (our applier); the exported series applies via `git am`.
+
+    Three trees must be equal, file by file: the applier's (patches/series plus src/, what the
+    wheel is built from), the complete exported series (``python3 dev.py series``) applied with
+    ``git am`` onto the pristine sdist laid out as the monorepo, and the built wheel's ``livekit/``.
+    """
     try:
         names = lk_fork_patch.read_series(PATCHES)
     except lk_fork_patch.PatchError as e:
@@ -543,7 +617,17 @@ def patches(session: nox.Session) -> None:
             ours = lk_fork_backend.prepare_patched_tree(work / "applier", PATCHES, sdist)
         except lk_fork_backend.ForkBuildError as e:
             session.error(str(e))
-        session.log(f"applier: {len(names)} patch(es) applied with no fuzz and no offset")
+        modules = lk_fork_backend.own_modules(ROOT / lk_fork_backend.SRC_DIR)
+        session.log(
+            f"applier: {len(names)} patch(es) applied with no fuzz and no offset, "
+            f"{len(modules)} module(s) of src/ added"
+        )
+
+        try:
+            exported = export_series.export(work / "series")
+        except export_series.ExportError as e:
+            session.error(str(e))
+        session.log(f"exported the complete series: {len(exported.names)} patch(es)")
 
         repo = work / "monorepo"
         plugin_dir = repo / "livekit-plugins" / "livekit-plugins-openai"
@@ -556,6 +640,7 @@ def patches(session: nox.Session) -> None:
             "GIT_COMMITTER_NAME": "nox",
             "GIT_COMMITTER_EMAIL": "nox@localhost",
             "GIT_CONFIG_NOSYSTEM": "1",
+            "GIT_CONFIG_GLOBAL": os.devnull,
             "HOME": str(work),
         }
 
@@ -565,21 +650,53 @@ def patches(session: nox.Session) -> None:
         git("init", "-q")
         git("add", "-A")
         git("commit", "-q", "-m", "upstream sdist")
-        # the monorepo's root makefile (its unit-tests list) is not in the sdist; the series is
-        # checked whole against a real livekit/agents checkout by `nox -s upstream`
-        git("am", "-q", "--exclude=makefile", *(str(PATCHES / n) for n in names))
-        session.log(f"git am: {len(names)} patch(es) applied")
-        lk_fork_backend.add_own_modules(plugin_dir, ROOT / lk_fork_backend.SRC_DIR)
+        # --exclude=makefile: 0012's test patch lists its tests in the monorepo's root makefile,
+        # which is not in the sdist; the series is checked whole, makefile included, against a
+        # real livekit/agents checkout by `nox -s upstream`
+        git("am", "-q", "--exclude=makefile", *(str(work / "series" / n) for n in exported.names))
+        session.log(f"git am: {len(exported.names)} exported patch(es) applied")
         ours_files = _files(ours)
         git_files = _files(plugin_dir)
-        if ours_files != git_files:
-            differ = sorted(
-                k
-                for k in ours_files.keys() | git_files.keys()
-                if ours_files.get(k) != git_files.get(k)
+        differ = _differing(ours_files, git_files)
+        if differ:
+            session.error(
+                "the exported series (git am) gives another tree than the applier plus src/ "
+                f"(what the wheel is built from); differing files: {', '.join(differ)}"
             )
-            session.error(f"applier and git am disagree on: {', '.join(differ)}")
-        session.log(f"applier == git am on all {len(ours_files)} files")
+        session.log(
+            f"applier + src/ == git am of the exported series on all {len(ours_files)} files"
+        )
+
+        wheel = built_wheel(session)
+        package = {k: v for k, v in ours_files.items() if k.split("/", 1)[0] == "livekit"}
+        in_wheel = _wheel_package_files(wheel)
+        differ = _differing(package, in_wheel)
+        if differ:
+            session.error(
+                f"{wheel.name} outside its .dist-info differs from the patched tree's livekit/; "
+                f"differing files: {', '.join(differ)}"
+            )
+        session.log(f"{wheel.name}: livekit/ == the patched tree's on all {len(package)} files")
+
+
+@nox.session(venv_backend="none")
+def series(session: nox.Session) -> None:
+    """Write the complete backport series into OUTDIR (``python3 dev.py series OUTDIR``)."""
+    if len(session.posargs) != 1:
+        session.error("usage: python3 dev.py series OUTDIR")
+    outdir = Path(session.posargs[0]).resolve()
+    try:
+        done = export_series.export(outdir)
+    except export_series.ExportError as e:
+        session.error(str(e))
+    for name in done.written:
+        session.log(f"wrote {name}")
+    for name in done.removed:
+        session.log(f"removed {name} (no longer in the series)")
+    session.log(
+        f"{outdir}: {len(done.names)} patches and series; rewrote {len(done.written)}, "
+        f"unchanged {len(done.unchanged)}, removed {len(done.removed)}"
+    )
 
 
 def _script_session(session: nox.Session, script: Path, *args: str, **env: str) -> None:

@@ -208,20 +208,33 @@ async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
 # the fork as it was before the sync planner (main at 3c7303c): `nox -s tests_fork` labels its
 # regression column with this version
 FORK_BEFORE = "1.4.6.post1"
+# the fork as landed before the conversation state machine (398142d, issue 14)
+LANDED = "1.4.6.post2"
+
+
+def fixed_in_later_version(version: str, reason: str | None = None) -> list[pytest.MarkDecorator]:
+    """``pytestmark`` for tests of a defect ``version`` of the fork has: a strict xfail there.
+
+    Applied only while the installed wheel is ``version``; nothing under a regression run
+    (``FORK_REGRESSION_REPORT`` is set there), whose judge needs the plain outcome, nor on any
+    other version: once the fix ships as a later post release the tests must pass. Mark the
+    tests ``@pytest.mark.regression(fails_on=(..., version))`` too, so that
+    ``nox -s tests_fork`` checks that they fail on that version.
+    """
+    if os.environ.get("FORK_REGRESSION_REPORT"):
+        return []
+    if importlib.metadata.version("livekit-plugins-openai") != version:
+        return []
+    why = reason or f"a defect of {version}, fixed in a later version"
+    return [pytest.mark.xfail(strict=True, reason=why)]
 
 
 def issue_9_xfail() -> list[pytest.MarkDecorator]:
     """``pytestmark`` for tests of issue 9: strict xfail while the installed wheel is the old fork.
 
-    Nothing is applied under a regression run (``FORK_REGRESSION_REPORT`` is set there), whose
-    judge needs the plain outcome, nor on any other version: once the fix ships as a later post
-    release the tests must pass.
+    See :func:`fixed_in_later_version`.
     """
-    if os.environ.get("FORK_REGRESSION_REPORT"):
-        return []
-    if importlib.metadata.version("livekit-plugins-openai") != FORK_BEFORE:
-        return []
-    return [pytest.mark.xfail(strict=True, reason="issue 9: fixed by the planner series")]
+    return fixed_in_later_version(FORK_BEFORE, "issue 9: fixed by the planner series")
 
 
 def agent_context(sess: Session, *items: tuple[str, str, str]) -> llm.ChatContext:

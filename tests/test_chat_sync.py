@@ -8,7 +8,10 @@ it holds). The properties are the module docstring's rule:
 
 - the service ends up holding the local context plus the kept unknown items, all of which are
   still there, unchanged;
-- client-made and new items are in local order; server-made items do not move;
+- every local item but voice turns (the service's user audio items) and items of unknown
+  content is in local order; voice turns and unknown items do not move;
+- an audio reply of the service is re-created only where keeping it cannot keep the order:
+  as many audio replies stay as the longest run of them already in local order;
 - every anchor is an item the service held before the sync, except after a function call output
   chained on its call; one rejected create fails no other create, but such outputs;
 - planning again against the updated mirror sends nothing;
@@ -37,7 +40,7 @@ if TYPE_CHECKING:
 
 Known = Literal["before", "during", "never"]
 Origin = Literal["client", "server"]
-Kind = Literal["message", "call", "output"]
+Kind = Literal["message", "call", "output", "reply"]
 
 
 @dataclass
@@ -46,7 +49,7 @@ class Spec:
     origin: Literal["client", "server"]
     known: Known
     text: str
-    kind: Literal["message", "call", "output"] = "message"
+    kind: Literal["message", "call", "output", "reply"] = "message"
 
 
 def _item(spec: Spec, text: str | None = None) -> llm.ChatItem:
@@ -58,6 +61,8 @@ def _item(spec: Spec, text: str | None = None) -> llm.ChatItem:
     if spec.kind == "output":
         return llm.FunctionCallOutput(id=spec.item_id, call_id=text, output="ok", is_error=False)
     role = "user" if spec.origin == "server" else "system"
+    if spec.kind == "reply":
+        role = "assistant"
     return llm.ChatMessage(id=spec.item_id, role=role, content=[text] if text else [])
 
 
@@ -71,6 +76,7 @@ def _mirror(specs: list[Spec]) -> tuple[RemoteConversation, int]:
         else:
             empty = _item(spec, "") if spec.kind == "message" else _item(spec, "")
             remote.add(empty, prev, origin="server", known=False)
+            remote.get(spec.item_id).audio = spec.kind == "reply"
             if spec.known == "before":
                 remote.complete(spec.item_id, _item(spec))
         prev = spec.item_id
@@ -91,8 +97,8 @@ def scenarios(draw: st.DrawFn) -> tuple[list[Spec], list[llm.ChatItem]]:
             "before" if origin == "client" else draw(st.sampled_from(["before", "during", "never"]))
         )
         kind: Kind = "message"
-        if origin == "server" and draw(st.integers(0, 4)) == 0:
-            kind = "call"
+        if origin == "server":
+            kind = draw(st.sampled_from(["message", "message", "call", "reply", "reply"]))
         specs.append(Spec(f"r{i}", origin, known, draw(st.sampled_from(["a", "b", "c d"])), kind))
     # local: what the local side can hold (unknown items only by chance, with some text)
     local: list[llm.ChatItem] = []
@@ -100,9 +106,9 @@ def scenarios(draw: st.DrawFn) -> tuple[list[Spec], list[llm.ChatItem]]:
         action = draw(st.sampled_from(["keep", "keep", "drop", "edit", "respace"]))
         if action == "drop":
             continue
-        if action == "edit" and spec.kind == "message":
+        if action == "edit" and spec.kind in ("message", "reply"):
             local.append(_item(spec, spec.text + "!"))
-        elif action == "respace" and spec.kind == "message":
+        elif action == "respace" and spec.kind in ("message", "reply"):
             local.append(_item(spec, "  " + spec.text.replace(" ", "   ") + " "))
         else:
             local.append(_item(spec))
@@ -197,13 +203,27 @@ def test_plan_brings_the_service_in_line(scenario: tuple[list[Spec], list[llm.Ch
         if item.id not in unknown:
             assert _text(final[item.id]) == _text(item), item.id
 
-    # client-made and new items in local order; server-made items where they were
-    server_made = {s.item_id for s in specs if s.origin == "server"}
+    # every local item but voice turns and unknown items in local order; those where they were
+    pinned = unknown | {s.item_id for s in specs if s.origin == "server" and s.kind == "message"}
     order = service.ids()
-    movable = [i for i in local_ids if i not in server_made]
+    movable = [i for i in local_ids if i not in pinned]
     assert [i for i in order if i in set(movable)] == movable
-    stayed = [i for i in before if i in server_made and i in final and by_id[i].kind]
+    stayed = [i for i in before if i in pinned and i in final]
     assert [i for i in order if i in set(stayed)] == stayed
+
+    # audio replies: as many stay as the longest run of them already in local order
+    by_local = {i.id: i for i in local}
+    audio = [
+        i
+        for i in before
+        if by_id[i].kind == "reply"
+        and i not in unknown
+        and i in by_local
+        and _text(by_local[i]) == _text(before[i])  # edited: replaced, whatever its place
+    ]
+    recreated = {item.id for run in plan.runs for item in run.items}
+    local_audio = [i for i in local_ids if i in set(audio)]
+    assert len([i for i in audio if i not in recreated]) >= _longest_in_order(audio, local_audio)
 
     # anchors: held before the sync, but a call the sync creates, for the outputs of the calls
     # made with it and the items between them
@@ -227,12 +247,35 @@ def test_plan_brings_the_service_in_line(scenario: tuple[list[Spec], list[llm.Ch
     # ...but for the items kept because their content became known during the first sync: the
     # next sync treats them as ordinary items, deleted if the local context lacks them and
     # replaced if it holds another text
+    # (and, for the ones that are not voice turns, moved to their local place)
     again = chat_sync.plan_sync(mirror, local, since=mirror.revision)
     late = {s.item_id for s in specs if s.origin == "server" and s.known == "during"}
-    by_local = {i.id: i for i in local}
+    # ...and the unknown items the sync took from the local context (known from then on)
+    late_movable = {i for i in late | {h.id for h in plan.held} if by_id[i].kind != "message"}
     edited = {i for i in late if i in by_local and _text(by_local[i]) != _text(_item(by_id[i]))}
-    assert {item.id for run in again.runs for item in run.items} == edited
-    assert set(again.deletes) == (late - set(local_ids)) | edited
+    again_created = {item.id for run in again.runs for item in run.items}
+    gone = (late - set(local_ids)) | edited
+    assert edited <= again_created and gone <= set(again.deletes)
+    if not late_movable:
+        assert again_created == edited and set(again.deletes) == gone
+    # ...and then the whole local order holds (these items may move now)
+    assert service.apply(again) == []
+    order = service.ids()
+    pinned_now = {s.item_id for s in specs if s.origin == "server" and s.kind == "message"}
+    movable = [i for i in local_ids if i not in (unknown - late - {h.id for h in plan.held})]
+    movable = [i for i in movable if i not in pinned_now]
+    assert [i for i in order if i in set(movable)] == movable
+
+
+def _longest_in_order(service_order: list[str], local_order: list[str]) -> int:
+    """How many of the ids can stay: the longest common subsequence of two orders."""
+    table = [[0] * (len(local_order) + 1) for _ in range(len(service_order) + 1)]
+    for i, a in enumerate(service_order):
+        for j, b in enumerate(local_order):
+            table[i + 1][j + 1] = (
+                table[i][j] + 1 if a == b else max(table[i][j + 1], table[i + 1][j])
+            )
+    return table[-1][-1]
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -262,7 +305,7 @@ def test_replay_recreates_every_known_item_in_order(
 ) -> None:
     specs, _ = scenario
     remote, _ = _mirror(specs)
-    runs, lost = chat_sync.plan_replay(remote)
+    runs, lost, empty = chat_sync.plan_replay(remote)
     service = ModelService(chat_sync.RemoteConversation())
     assert service.apply(chat_sync.SyncPlan(runs=runs)) == []
     expected = [
@@ -272,6 +315,11 @@ def test_replay_recreates_every_known_item_in_order(
     ]
     assert service.ids() == expected
     assert set(lost) == {r.item.id for r in remote.items() if r.known_at is None}
+    assert set(empty) == {
+        r.item.id
+        for r in remote.items()
+        if r.known_at is not None and r.item.type == "message" and not r.item.content
+    }
 
 
 def _msg(
@@ -287,8 +335,9 @@ def test_truncated_reply_keeps_what_was_heard() -> None:
     # the reply's end arrives after the cut: the mirror keeps what the user heard
     remote.complete("a1", _msg("a1", "First part. Second part.", "assistant"))
     assert _text(remote.get("a1").item) == "First part."
-    runs, lost = chat_sync.plan_replay(remote)
-    assert [_text(i) for run in runs for i in run.items] == ["First part."] and not lost
+    runs, lost, empty = chat_sync.plan_replay(remote)
+    assert [_text(i) for run in runs for i in run.items] == ["First part."]
+    assert not lost and not empty
 
 
 def test_new_items_land_after_a_pending_user_turn() -> None:
@@ -320,15 +369,45 @@ def test_runs_sharing_an_anchor_are_one_run() -> None:
 def test_skipped_items_are_warned_once() -> None:
     ctx = llm.ChatContext(items=[_msg("e", ""), _msg("ok", "fine")])
     warned: set[str] = set()
-    items, warnings = chat_sync.protocol_items(ctx, [], warned=warned)
-    assert [i.id for i in items] == ["ok"] and len(warnings) == 1 and "`e`" in warnings[0]
-    assert chat_sync.protocol_items(ctx, [], warned=warned)[1] == []
+    remote = chat_sync.RemoteConversation()
+    items, warnings = chat_sync.protocol_items(ctx, remote, warned=warned)
+    assert [i.id for i in items] == ["ok"] and len(warnings) == 1 and warnings[0][0] == "e"
+    assert "`e`" in warnings[0][1]
+    assert chat_sync.protocol_items(ctx, remote, warned=warned)[1] == []
+
+
+def test_an_empty_message_the_service_holds_is_left_as_it_is() -> None:
+    """A voice turn transcribed as "": the local empty message is that item, not a skip."""
+    remote = chat_sync.RemoteConversation()
+    remote.add(_msg("u1", ""), None, origin="server", known=False)
+    remote.complete("u1", _msg("u1", ""))
+    ctx = llm.ChatContext(items=[_msg("u1", "")])
+    items, warnings = chat_sync.protocol_items(ctx, remote, warned=set())
+    assert [i.id for i in items] == ["u1"] and warnings == []
+    plan = chat_sync.plan_sync(remote, items, since=remote.revision)
+    assert not plan
+
+
+def test_a_move_before_an_audio_reply_recreates_the_moved_item() -> None:
+    """Service [k, R, c], R a spoken reply; local [k, c, R]: c is re-created before R."""
+    remote = chat_sync.RemoteConversation()
+    remote.add(_msg("k", "a", "system"), None, origin="client")
+    remote.add(_msg("R", "", "assistant"), "k", origin="server", known=False)
+    remote.get("R").audio = True
+    remote.complete("R", _msg("R", "hello", "assistant"))
+    remote.add(_msg("c", "b", "system"), "R", origin="client")
+    local = [_msg("k", "a", "system"), _msg("c", "b", "system"), _msg("R", "hello", "assistant")]
+    plan = chat_sync.plan_sync(remote, local, since=remote.revision)
+    assert plan.deletes == ["c"]
+    assert [(r.anchor, [i.id for i in r.items]) for r in plan.runs] == [("k", ["c"])]
+    service = ModelService(remote)
+    assert service.apply(plan) == [] and service.ids() == ["k", "c", "R"]
 
 
 def test_duplicate_ids_raise_before_anything_is_planned() -> None:
     ctx = llm.ChatContext(items=[_msg("x", "a"), _msg("x", "b")])
     with pytest.raises(chat_sync.ChatContextSyncError, match="more than one item"):
-        chat_sync.protocol_items(ctx, [], warned=set())
+        chat_sync.protocol_items(ctx, chat_sync.RemoteConversation(), warned=set())
 
 
 def test_many_new_calls_and_outputs_plan_in_one_pass() -> None:

@@ -279,8 +279,8 @@ class Harness:
         """ids the server made at some point: their text is compared whitespace-folded"""
         self.audio: set[str] = set()
         """assistant replies the server made with audio content"""
-        self.lost_answers: list[Any] = []
-        """lost answers the fake injected (``lose_next_answer``), fired or not"""
+        self.lost_answers: list[Rejection] = []
+        """answers the fake lost (``lose_next``), fired or not"""
         self.view_losses: list[tuple[str, list[str]]] = []
         """known items missing from ``session.chat_ctx`` while a replay ran (``watch_view``)"""
         self.counter = 0
@@ -937,14 +937,21 @@ class Harness:
         new = [llm.ChatMessage(role="user", content=[t], id=self.new_id("lost")) for t in texts]
         self.local.items.extend(new)
         target = wire_id(new[victim % len(new)].id)
-        lost = self.server.lose_next_answer(
-            lambda ev: (
+        def match(ev: JsonDict) -> bool:
+            return (
                 ev.get("type") == "conversation.item.create"
                 and (ev.get("item") or {}).get("id") == target
-            ),
-            server_error=server_error,
-        )
-        self.lost_answers.append(lost)
+            )
+
+        if server_error:
+            # an error naming no client event (the fake's knob); the create is not applied
+            lost = self.server.reject_next(
+                match, "server_error", "The server had an error.", echo_event_id=False
+            )
+            self.rejections.append(lost)
+        else:
+            lost = self.server.lose_next(match)  # neither applied nor answered
+            self.lost_answers.append(lost)
         with self.sync_timeout(LOST_TIMEOUT) as patched:
             started = time.monotonic()
             # without the knob (or if the plugin does not read it) its own 5 s apply
@@ -1580,7 +1587,6 @@ class Harness:
     def check(self) -> None:
         server = self.server
         injected = [r.client_event for r in self.rejections if r.fired]
-        injected += [a.client_event for a in self.lost_answers if a.fired and a.server_error]
         unexpected = [e for e in server.errors if e.client_event not in injected]
         assert not unexpected, [(e.code, e.message, e.client_event) for e in unexpected]
         assert len(server.errors) == len(injected), "an injected rejection was not answered"

@@ -13,11 +13,11 @@ For a series (a directory with a `series` file naming `git format-patch` files i
    with tests gets the patches before it plus only its own test hunks; either way its tests
    must fail (pytest exit code 1, not a collection or usage error). For a `fix` patch that
    creates test files, those are run: its edits to existing test modules only adapt their
-   helpers to the fix and are expected to break without it;
-5. (main) the planner module the main series adds is byte-identical to the one the backport
-   series ends with (`SHARED_MODULES`), so the two series cannot drift apart.
+   helpers to the fix and are expected to break without it.
 
-A tool that is missing from the interpreter is a failure, never a pass.
+A tool that is missing from the interpreter is a failure, never a pass, and so is anything that
+keeps the check from running (no checkout, a base commit the checkout lacks, a series that
+cannot be exported): one `upstream_check: cannot check: ...` line and exit code 2.
 
 The tools run in the interpreter given by `--python` (or `LK_AGENTS_PYTHON`), which needs
 upstream's test and lint dependencies. The clone's packages are put first on `PYTHONPATH` and
@@ -27,9 +27,10 @@ Usage:
     python tools/upstream_check.py --checkout PATH [--series main|backport|all]
         [--python PYTHON] [--backport-python PYTHON] [--keep]
 
-`main` is patches/main/series at the commit recorded in patches/main/BASE; `backport` is
-patches/series at tag livekit-agents@1.4.6. Without `--checkout` and without
-`LK_AGENTS_CHECKOUT` it prints why it skipped and exits 0.
+`main` is patches/main/series at the commit recorded in patches/main/BASE; `backport` is the
+complete backport series at tag livekit-agents@1.4.6, as `python3 dev.py series` exports it
+(patches/series plus one patch per module of src/: patches/ alone no longer adds them). The
+checkout is `--checkout` or `LK_AGENTS_CHECKOUT`; without either the check fails.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import export_series
+
 ROOT = Path(__file__).resolve().parent.parent
 MAIN_SERIES = ROOT / "patches" / "main"
 BACKPORT_SERIES = ROOT / "patches"
@@ -53,10 +56,6 @@ _GIT_IDENTITY = ["-c", "user.name=upstream-check", "-c", "user.email=upstream-ch
 # flags of upstream's scripts/check_types.py
 _MYPY_FLAGS = ["--untyped-calls-exclude=smithy_aws_core", "--platform", "linux"]
 _TAIL = 40  # lines of tool output kept in the report
-# modules both series must carry byte for byte: the sync rule is written once
-SHARED_MODULES = [
-    "livekit-plugins/livekit-plugins-openai/livekit/plugins/openai/realtime/chat_sync.py",
-]
 
 
 @dataclass
@@ -207,20 +206,16 @@ def _pytest(python: str, clone: Path, tests: Sequence[str]) -> subprocess.Comple
     return _run(cmd, cwd=clone, env=_tool_env(clone))
 
 
-def _check_shared_modules(checkout: Path, clone: Path, scratch: Path, report: Report) -> None:
-    """Each of SHARED_MODULES in ``clone`` must equal the backport series' final copy."""
-    _clone(checkout, BACKPORT_BASE, scratch)
-    out = _am(scratch, read_series(BACKPORT_SERIES))
-    if out.returncode != 0:
-        report.add("shared modules: git am of the backport series", False, _tail(out.stdout))
-        return
-    for rel in SHARED_MODULES:
-        ours, theirs = clone / rel, scratch / rel
-        same = ours.is_file() and theirs.is_file() and ours.read_bytes() == theirs.read_bytes()
-        detail = "" if same else ("missing" if not ours.is_file() else "differs")
-        report.add(
-            f"{rel.rsplit('/', 1)[-1]} identical to the backport series' final copy", same, detail
-        )
+class CannotCheck(Exception):
+    """The check cannot run; ``str(err)`` says why in one line."""
+
+
+def _has_commit(checkout: Path, ref: str) -> bool:
+    out = _run(
+        ["git", "-C", str(checkout), "rev-parse", "-q", "--verify", f"{ref}^{{commit}}"],
+        cwd=Path.cwd(),
+    )
+    return out.returncode == 0
 
 
 def check_series(
@@ -230,6 +225,7 @@ def check_series(
     *,
     python: str = sys.executable,
     keep: bool = False,
+    label: str | None = None,
 ) -> Report:
     """Apply the series in `series_dir` to `checkout` at `base_ref` and check it like upstream.
 
@@ -239,12 +235,13 @@ def check_series(
         base_ref: commit or tag the series applies to.
         python: interpreter with upstream's lint and test dependencies.
         keep: leave the temporary clones in place and print where they are.
+        label: what the report calls the series (default: its directory).
 
     Returns:
         The report; `report.ok` is True when every check passed.
     """
     where = series_dir.relative_to(ROOT) if series_dir.is_relative_to(ROOT) else series_dir
-    report = Report(f"{where} @ {base_ref}")
+    report = Report(f"{label or where} @ {base_ref}")
     print(f"== {report.label}  (checkout {checkout}, python {python})")
     patches = read_series(series_dir)
     files = list(dict.fromkeys(f for p in patches for f in p.files))
@@ -309,9 +306,6 @@ def check_series(
         else:
             report.add("pytest: the series adds no tests under tests/", False)
 
-        if series_dir == MAIN_SERIES:
-            _check_shared_modules(checkout, clone, work / "backport", report)
-
         for i, patch in enumerate(patches):
             if not patch.test_files:
                 continue
@@ -354,6 +348,59 @@ def check_series(
     return report
 
 
+def _check(args: argparse.Namespace, checkout: Path | None) -> list[Report]:
+    """Run the chosen series' checks.
+
+    Raises:
+        CannotCheck: no usable checkout, a base commit missing there, or no series to check.
+    """
+    if checkout is None:
+        raise CannotCheck(
+            "no livekit/agents checkout given (pass --checkout PATH or set LK_AGENTS_CHECKOUT)"
+        )
+    if not checkout.is_dir():
+        raise CannotCheck(f"{checkout} is not a directory")
+    probe = _run(["git", "-C", str(checkout), "rev-parse", "--git-dir"], cwd=Path.cwd())
+    if probe.returncode != 0:
+        raise CannotCheck(f"{checkout} is not a git repository")
+    wanted: list[tuple[str, str]] = []
+    if args.series in ("backport", "all"):
+        wanted.append(("backport", BACKPORT_BASE))
+    if args.series in ("main", "all"):
+        try:
+            wanted.append(("main", read_base(MAIN_SERIES)))
+        except (OSError, ValueError) as e:
+            raise CannotCheck(f"no base commit for the main series: {e}") from None
+    missing = [f"{ref} ({name})" for name, ref in wanted if not _has_commit(checkout, ref)]
+    if missing:
+        raise CannotCheck(
+            f"{checkout} lacks the base commit(s) {', '.join(missing)} "
+            "(git fetch origin --tags, or rebase the main series)"
+        )
+    reports: list[Report] = []
+    with tempfile.TemporaryDirectory(prefix="upstream-check-series-") as tmp:
+        for name, ref in wanted:
+            if name == "backport":
+                series_dir = Path(tmp) / "backport"
+                try:
+                    export_series.export(series_dir)
+                except export_series.ExportError as e:
+                    raise CannotCheck(f"cannot export the backport series: {e}") from None
+                python = args.backport_python or args.python
+                label = "backport series (patches/series + src/, exported)"
+            else:
+                series_dir, python, label = MAIN_SERIES, args.python, None
+            try:
+                reports.append(
+                    check_series(
+                        series_dir, checkout, ref, python=python, keep=args.keep, label=label
+                    )
+                )
+            except RuntimeError as e:  # a clone or checkout failed
+                raise CannotCheck(" ".join(str(e).split())) from None
+    return reports
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     parser.add_argument("--checkout", type=Path, help="livekit/agents git repository")
@@ -372,24 +419,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     checkout = args.checkout or (
         Path(os.environ["LK_AGENTS_CHECKOUT"]) if os.environ.get("LK_AGENTS_CHECKOUT") else None
     )
-    if checkout is None:
-        print(
-            "upstream_check: skipped, no livekit/agents checkout given "
-            "(pass --checkout PATH or set LK_AGENTS_CHECKOUT)"
-        )
-        return 0
-
-    reports: list[Report] = []
-    if args.series in ("backport", "all"):
-        python = args.backport_python or args.python
-        reports.append(
-            check_series(BACKPORT_SERIES, checkout, BACKPORT_BASE, python=python, keep=args.keep)
-        )
-    if args.series in ("main", "all"):
-        base = read_base(MAIN_SERIES)
-        reports.append(
-            check_series(MAIN_SERIES, checkout, base, python=args.python, keep=args.keep)
-        )
+    try:
+        reports = _check(args, checkout)
+    except CannotCheck as e:
+        print(f"upstream_check: cannot check: {e}")
+        return 2
 
     for r in reports:
         failed = [c.name for c in r.checks if not c.ok]

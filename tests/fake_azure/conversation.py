@@ -221,6 +221,18 @@ def check_create(
                 if part.get("text") is None:
                     return p.missing_param(f"item.content[{i}].text")  # guess
                 parts.append({"type": neutral, "text": part["text"]})
+            elif neutral == "input_image":  # GA only (see ga.py)
+                image_url = part.get("image_url")
+                if image_url is None:
+                    return p.missing_param(f"item.content[{i}].image_url")  # guess
+                # Guess: like OpenAI's schema says, only PNG and JPEG data URLs
+                if not str(image_url).startswith(("data:image/png;", "data:image/jpeg;")):
+                    return p.invalid_value(
+                        f"item.content[{i}].image_url",
+                        str(image_url)[:32],
+                        ["data:image/png;base64,...", "data:image/jpeg;base64,..."],
+                    )
+                parts.append({"type": "input_image", "image_url": image_url})
             else:  # input_audio
                 if part.get("audio") is None:
                     return p.missing_param(f"item.content[{i}].audio")  # guess

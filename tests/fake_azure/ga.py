@@ -113,11 +113,18 @@ class GaProtocol(p.WireProtocol):
     server_models = SERVER_EVENT_MODELS
     allowed_content = {
         "system": ["input_text"],
-        "user": ["input_text", "input_audio"],
+        # `input_image` (a data URL) is in OpenAI's GA user message schema; Azure's acceptance
+        # of it is assumed from that schema
+        "user": ["input_text", "input_audio", "input_image"],
         # Guess: like the preview, clients cannot create assistant audio
         "assistant": ["output_text"],
     }
-    to_neutral = {"input_text": "input_text", "input_audio": "input_audio", "output_text": "text"}
+    to_neutral = {
+        "input_text": "input_text",
+        "input_audio": "input_audio",
+        "input_image": "input_image",
+        "output_text": "text",
+    }
 
     def __init__(self, *, legacy_event_names: bool = False) -> None:
         self.legacy_event_names = legacy_event_names

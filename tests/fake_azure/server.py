@@ -114,28 +114,12 @@ class Rejection:
     """A one-shot injected rejection, see :meth:`FakeAzureRealtimeServer.reject_next`."""
 
     match: str | Predicate
-    error: p.ErrorSpec
+    error: p.ErrorSpec | None
+    """The error to answer with; ``None``: no answer at all (see ``lose_next``)."""
     client_event: JsonDict | None = None
     """The client event that was rejected, once it happened."""
-
-    @property
-    def fired(self) -> bool:
-        return self.client_event is not None
-
-    def matches(self, event: JsonDict) -> bool:
-        if isinstance(self.match, str):
-            return event.get("type") == self.match
-        return bool(self.match(event))
-
-
-@dataclass
-class LostAnswer:
-    """A one-shot lost answer, see :meth:`FakeAzureRealtimeServer.lose_next_answer`."""
-
-    match: str | Predicate
-    server_error: bool
-    client_event: JsonDict | None = None
-    """The client event whose answer was lost, once it happened."""
+    echo_event_id: bool = True
+    """Whether the error names the client event's ``event_id``."""
 
     @property
     def fired(self) -> bool:
@@ -240,8 +224,10 @@ class FakeAzureRealtimeServer:
         self._script: deque[tuple[Reply, ...]] = deque()
         self._rejections: list[Rejection] = []
         self._drop_when: Callable[[int, JsonDict], bool] | None = None
-        # lose_next_answer: one-shot losses of a client event's answer (the stateful test)
-        self._lost_answers: list[LostAnswer] = []
+        self._observers: list[Callable[[ReceivedEvent], None]] = []
+        self.create_delay = 0.0
+        """Seconds the server waits before handling each ``conversation.item.create``: a slow
+        service (events are still processed in order; server-side turns go on meanwhile)."""
         self._received_counts: dict[str, int] = {}
         self._waiters: set[asyncio.Future[None]] = set()
         self._test_server: TestServer | None = None
@@ -424,31 +410,41 @@ class FakeAzureRealtimeServer:
         param: str | None = None,
         *,
         error_type: str = "invalid_request_error",
+        echo_event_id: bool = True,
     ) -> Rejection:
         """Reject the next client event matching ``match`` (a type or a predicate) once.
 
         The event is answered with an error echoing its ``event_id`` and is not applied.
+        ``echo_event_id=False`` leaves the error's ``event_id`` out (a simulated fault: an
+        error that names no client event, e.g. a ``server_error``).
         """
-        rej = Rejection(match=match, error=p.ErrorSpec(code, message, param, error_type))
+        rej = Rejection(
+            match=match,
+            error=p.ErrorSpec(code, message, param, error_type),
+            echo_event_id=echo_event_id,
+        )
         self._rejections.append(rej)
         return rej
+
+    def lose_next(self, match: str | Predicate) -> Rejection:
+        """Neither apply nor answer the next client event matching ``match``, once.
+
+        A simulated fault: the event's answer is lost (the service never reports it). The
+        returned record's ``client_event`` is the event, once it happened.
+        """
+        rej = Rejection(match=match, error=None)
+        self._rejections.append(rej)
+        return rej
+
+    def observe(self, callback: Callable[[ReceivedEvent], None]) -> None:
+        """Call ``callback`` with every client event as it arrives, before it is applied."""
+        self._observers.append(callback)
 
     def drop_when(self, match: Callable[[int, JsonDict], bool]) -> None:
         """Drop the connection (as ``drop_connections`` does) on the next client event that
         ``match(connection_index, event)`` accepts, before applying it: a network drop in the
         middle of a burst of events, at a point a test chooses. One shot."""
         self._drop_when = match
-
-    def lose_next_answer(self, match: str | Predicate, *, server_error: bool = False) -> LostAnswer:
-        """Swallow the next client event matching ``match`` once: not applied, never answered.
-
-        With ``server_error`` it is answered by a ``server_error`` whose ``event_id`` is
-        ``null`` (an answer the client cannot tie to its event). Guess: Azure's transient
-        failures look like this; the knob exists for the stateful test's lost-answer rule.
-        """
-        lost = LostAnswer(match=match, server_error=server_error)
-        self._lost_answers.append(lost)
-        return lost
 
     def _abort(self, conn: _Connection) -> None:
         conn.closed = True
@@ -649,9 +645,17 @@ class FakeAzureRealtimeServer:
         self._notify()
 
     async def _send_error(
-        self, conn: _Connection, spec: p.ErrorSpec, client_event: JsonDict | None
+        self,
+        conn: _Connection,
+        spec: p.ErrorSpec,
+        client_event: JsonDict | None,
+        *,
+        echo_event_id: bool = True,
     ) -> None:
-        event_id = client_event.get("event_id") if client_event is not None else None
+        """Send an error about ``client_event``, naming its ``event_id`` if ``echo_event_id``."""
+        event_id = (
+            client_event.get("event_id") if client_event is not None and echo_event_id else None
+        )
         ev = p.error_event(spec, event_id if isinstance(event_id, str) else None)
         self.errors.append(ErrorRecord(conn.index, ev, client_event))
         await self._send(conn, ev)
@@ -682,29 +686,23 @@ class FakeAzureRealtimeServer:
             if isinstance(item, dict) and item.get("type") is None:
                 self.typeless_creates += 1
 
+        for observer in self._observers:
+            observer(self.received[-1])
+
         if self._drop_when is not None and self._drop_when(conn.index, event):
             self._drop_when = None
             self._abort(conn)
             return
-
-        for i, lost in enumerate(self._lost_answers):
-            if lost.matches(event):
-                del self._lost_answers[i]
-                lost.client_event = event
-                if lost.server_error:
-                    spec = p.ErrorSpec("server_error", "The server had an error.", None, "server_error")
-                    ev = p.error_event(spec, None)
-                    self.errors.append(ErrorRecord(conn.index, ev, event))
-                    await self._send(conn, ev)
-                self._notify()
-                return
 
         try:
             for i, rej in enumerate(self._rejections):
                 if rej.matches(event):
                     del self._rejections[i]
                     rej.client_event = event
-                    await self._send_error(conn, rej.error, event)
+                    if rej.error is not None:
+                        await self._send_error(
+                            conn, rej.error, event, echo_event_id=rej.echo_event_id
+                        )
                     return
 
             if etype is None:
@@ -837,6 +835,8 @@ class FakeAzureRealtimeServer:
     # ------------------------------------------------------------------ conversation items
 
     async def _on_item_create(self, conn: _Connection, ev: JsonDict) -> p.ErrorSpec | None:
+        if self.create_delay:
+            await asyncio.sleep(self.create_delay)
         conv = conn.conversation
         if spec := c.precheck_create(ev):
             return spec

@@ -111,10 +111,20 @@ class ChatContextSyncError(llm.RealtimeError):
 
 
 def wire_item_id(item_id: str) -> str:
-    """The id the service knows a local item by: ``item_id``, or a stable digest when too long."""
-    if len(item_id) <= MAX_ITEM_ID_LENGTH:
+    """The id the service knows a local item by: ``item_id``, or a stable digest of it when it is
+    too long or is not valid Unicode text (a lone surrogate cannot be sent as JSON text)."""
+    raw = item_id.encode("utf-8", "surrogatepass")
+    if len(item_id) <= MAX_ITEM_ID_LENGTH and not _has_surrogate(item_id):
         return item_id
-    return "lk_" + hashlib.blake2b(item_id.encode(), digest_size=14).hexdigest()
+    return "lk_" + hashlib.blake2b(raw, digest_size=14).hexdigest()
+
+
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def protocol_items(
@@ -123,9 +133,12 @@ def protocol_items(
     *,
     warned: set[str],
     protocol: str = "realtime",
-) -> tuple[list[llm.ChatItem], list[str]]:
+    images: bool = False,
+) -> tuple[list[llm.ChatItem], list[tuple[str, str]]]:
     """:func:`protocol_items_steps` at once."""
-    return _run(protocol_items_steps(chat_ctx, remote, warned=warned, protocol=protocol))
+    return _run(
+        protocol_items_steps(chat_ctx, remote, warned=warned, protocol=protocol, images=images)
+    )
 
 
 def protocol_items_steps(
@@ -134,7 +147,8 @@ def protocol_items_steps(
     *,
     warned: set[str],
     protocol: str = "realtime",
-) -> Steps[tuple[list[llm.ChatItem], list[str]]]:
+    images: bool = False,
+) -> Steps[tuple[list[llm.ChatItem], list[tuple[str, str]]]]:
     """The items of ``chat_ctx`` the service should hold, in order, in the form it holds them.
 
     A generator that yields now and then (see :data:`STEP_ITEMS`) and returns the result; the
@@ -147,22 +161,24 @@ def protocol_items_steps(
             not known yet); an id the service chose itself is kept as it is.
         warned: Ids already warned about; updated with the ids of this call's warnings.
         protocol: Names the protocol in warnings.
+        images: Whether the protocol carries image content in user messages.
 
     Returns:
-        The items, under their wire ids, and the warnings to log (one per id, ever).
+        The items, under their wire ids, and the skipped ones as ``(item id, why)`` (once per
+        id, ever).
 
     Raises:
         ChatContextSyncError: Two items map to the same id; nothing is to be sent.
     """
     call_ids: set[str] | None = None
     items: list[llm.ChatItem] = []
-    warnings: list[str] = []
+    warnings: list[tuple[str, str]] = []
     seen: set[str] = set()
 
     def _skip(item_id: str, message: str) -> None:
         if item_id not in warned:
             warned.add(item_id)
-            warnings.append(message)
+            warnings.append((item_id, message))
 
     for n, item in enumerate(list(chat_ctx.items), 1):
         if n % STEP_ITEMS == 0:
@@ -174,7 +190,11 @@ def protocol_items_steps(
         item_id = item.id if item.id in remote else wire_item_id(item.id)
         out: llm.ChatItem | None
         if item.type == "message":
-            out, dropped = _protocol_message(item, item_id)
+            out, dropped = _protocol_message(item, item_id, images=images)
+            held = remote.get(item_id)
+            if out is None and held is not None and held.item.type == "message":
+                # the service's own item (a voice turn transcribed as ""): left as it is there
+                out, dropped = held.item, []
             if out is None:
                 _skip(
                     item.id,
@@ -230,12 +250,14 @@ def _with_id(item: llm.ChatItem, item_id: str) -> llm.ChatItem:
 
 
 def _protocol_message(
-    msg: llm.ChatMessage, item_id: str
+    msg: llm.ChatMessage, item_id: str, *, images: bool = False
 ) -> tuple[llm.ChatMessage | None, list[str]]:
     """``msg`` as a realtime protocol carries it (or None) and the kinds of content dropped.
 
     Text is kept and empty strings dropped. Audio is kept in user messages; in other roles,
-    which clients cannot create audio for, its transcript is kept as text. Images are dropped.
+    which clients cannot create audio for, its transcript is kept as text. Inline images (data
+    URLs, frames) are kept in user messages where the protocol carries them (``images``); other
+    images are dropped.
     """
     if item_id == msg.id and msg.content and all(isinstance(c, str) and c for c in msg.content):
         return msg, []  # the common case: plain text
@@ -252,6 +274,11 @@ def _protocol_message(
                 content.append(c.transcript)
             else:
                 dropped.append("audio without transcript")
+        elif isinstance(c, llm.ImageContent) and images and msg.role == "user":
+            if isinstance(c.image, str) and not c.image.startswith("data:"):
+                dropped.append("image given by URL (only inline images can be sent)")
+            else:
+                content.append(c)
         else:
             dropped.append(type(c).__name__)
     if not content:
@@ -273,6 +300,10 @@ class RemoteItem:
     """the revision at which its content became known, None while it is not"""
     heard: str | None = None
     """for a truncated reply, the part the user heard"""
+    audio: bool = False
+    """the service holds audio for it (a spoken reply): the client can only re-create it as text"""
+    held: bool = True
+    """the service on the current connection holds it; False while a replay re-creates it"""
 
 
 class RemoteConversation:
@@ -311,6 +342,7 @@ class RemoteConversation:
         origin: Origin,
         known: bool = True,
         known_at: int | None = None,
+        audio: bool = False,
     ) -> None:
         """Record an item the service created, after ``previous_item_id`` (None: first).
 
@@ -324,7 +356,7 @@ class RemoteConversation:
         if known and known_at is None:
             self.revision += 1
             known_at = self.revision
-        self._state[item.id] = RemoteItem(item, origin, known_at if known else None)
+        self._state[item.id] = RemoteItem(item, origin, known_at if known else None, audio=audio)
 
     def remove(self, item_id: str) -> None:
         """Forget a deleted item.
@@ -512,18 +544,17 @@ def plan_sync_steps(
     """
     local_pos = {item.id: j for j, item in enumerate(local)}
     plan = SyncPlan()
-    # server-made items stay where they are: None, or the local item that replaces it in place
+    # items that keep their place (voice turns, unknown content): None, or the local item that
+    # replaces a voice turn in place
     fixed: dict[str, llm.ChatItem | None] = {}
-    client_made: list[llm.ChatItem] = []
+    ordered: list[RemoteItem] = []  # every other item: it follows the local order
     skeleton: list[str] = []  # the service's items that stay, in its order
     for n, r in enumerate(remote.items(), 1):
         if n % STEP_ITEMS == 0:
             yield
         item_id = r.item.id
         j = local_pos.get(item_id)
-        if r.origin == "client":
-            client_made.append(r.item)
-        elif r.known_at is None or r.known_at > since:
+        if r.origin == "server" and (r.known_at is None or r.known_at > since):
             plan.kept.append(item_id)
             fixed[item_id] = None
             if j is not None and r.known_at is None and _has_content(local[j]):
@@ -531,24 +562,31 @@ def plan_sync_steps(
         elif j is None:
             plan.deletes.append(item_id)
             continue
-        else:
+        elif _is_voice_turn(r):
             fixed[item_id] = local[j] if _text_changed(local[j], r.item) else None
+        else:
+            ordered.append(r)
         skeleton.append(item_id)
 
     yield
-    ops = compute_chat_ctx_diff(
-        llm.ChatContext(items=client_made),
-        llm.ChatContext(items=[item for item in local if item.id not in fixed]),
-    )
-    removed = set(ops.to_remove)
-    plan.deletes.extend(ops.to_remove)
+    others = [item for item in local if item.id not in fixed]
+    # a spoken reply weighs only while it stays as it is (an edited one is re-created anyway)
+    spoken = {
+        r.item.id
+        for r in ordered
+        if r.origin == "server" and r.audio and not _edited(local[local_pos[r.item.id]], r)
+    }
+    kept = set(_kept_subsequence(ordered, others, spoken))
+    removed = {r.item.id for r in ordered if r.item.id not in kept}
+    plan.deletes.extend(r.item.id for r in ordered if r.item.id in removed)
     skeleton = [item_id for item_id in skeleton if item_id not in removed]
     replaced = {item_id: new for item_id, new in fixed.items() if new is not None}
     plan.replaced = set(replaced)
-    for _, item_id in ops.to_update:
-        replaced[item_id] = local[local_pos[item_id]]  # stays in place with its new content
-    plan.deletes.extend(replaced)
-    new_ids = {item_id for _, item_id in ops.to_create}
+    for r in ordered:
+        if r.item.id in kept and _edited(local[local_pos[r.item.id]], r):
+            replaced[r.item.id] = local[local_pos[r.item.id]]  # stays in place, new content
+    plan.deletes.extend(item_id for item_id in replaced)
+    new_ids = {item.id for item in others if item.id not in kept}
     yield
     order = yield from _target_order(skeleton, local, local_pos, fixed, new_ids)
     creates = {item_id: local[local_pos[item_id]] for item_id in new_ids}
@@ -557,30 +595,115 @@ def plan_sync_steps(
     return plan
 
 
-def plan_replay(remote: RemoteConversation) -> tuple[list[Run], list[str]]:
+def plan_replay(remote: RemoteConversation) -> tuple[list[Run], list[str], list[str]]:
     """What a new connection, which starts with an empty conversation, must be sent again.
 
     Returns:
         The runs that re-create, in order, every item whose content is known (a replayed
-        conversation holds text where the old one held audio), and the ids of the items that
-        cannot be replayed: audio whose transcript never arrived, a reply not done.
+        conversation holds text where the old one held audio), the ids of the items that
+        cannot be replayed because their content is unknown (audio whose transcript never
+        arrived, a reply not done), and those that hold nothing to send (a voice turn
+        transcribed as "", a reply that ended before it said anything).
     """
     order: list[str] = []
     creates: dict[str, llm.ChatItem] = {}
     lost: list[str] = []
+    empty: list[str] = []
     for r in remote.items():
         if r.known_at is None:
             lost.append(r.item.id)
+        elif not _has_content(r.item):
+            empty.append(r.item.id)
+        else:
+            order.append(r.item.id)
+            creates[r.item.id] = r.item
+    return _runs(order, creates), lost, empty
+
+
+def _is_voice_turn(r: RemoteItem) -> bool:
+    return r.origin == "server" and r.item.type == "message" and r.item.role == "user"
+
+
+def _edited(new: llm.ChatItem, r: RemoteItem) -> bool:
+    """Whether a kept item's content changed: as upstream's diff for the client's own items, by
+    text (spaces folded, audio as its transcript) for the service's."""
+    old = r.item
+    if r.origin == "server":
+        return _text_changed(new, old)
+    return (
+        new is not old
+        and new.type == "message"
+        and old.type == "message"
+        and new.text_content != old.text_content
+    )
+
+
+def _kept_subsequence(
+    ordered: list[RemoteItem], others: list[llm.ChatItem], spoken: set[str]
+) -> list[str]:
+    """The items that stay where they are: a common subsequence of the service's order and the
+    local one.
+
+    The service's audio replies weigh more than everything else together, so that an audio
+    reply is re-created (as text) only where re-creating other items cannot keep the order;
+    then the fewest items are re-created. Without an audio reply among them this is the same
+    subsequence as ``llm.utils.compute_chat_ctx_diff`` keeps.
+    """
+    old_ids = [r.item.id for r in ordered]
+    new_ids = [item.id for item in others]
+    if not spoken:
+        return _lcs(old_ids, new_ids)
+    return _heaviest_common_subsequence(old_ids, new_ids, spoken)
+
+
+def _heaviest_common_subsequence(
+    old_ids: list[str], new_ids: list[str], heavy: set[str]
+) -> list[str]:
+    """The common subsequence of maximum weight (unique ids; heavy ids outweigh all others).
+
+    The heaviest increasing subsequence of the old positions taken in new order, in
+    O(n log n) with a Fenwick tree of prefix maxima over old positions.
+    """
+    old_index = {item_id: i for i, item_id in enumerate(old_ids)}
+    heavy_weight = len(new_ids) + 1
+    size = len(old_ids)
+    tree: list[tuple[int, int]] = [(0, -1)] * (size + 1)  # (weight, new position)
+    best_at: list[int] = [0] * len(new_ids)
+    prev: list[int] = [-1] * len(new_ids)
+    top = (0, -1)
+    for pos, item_id in enumerate(new_ids):
+        old_pos = old_index.get(item_id)
+        if old_pos is None:
             continue
-        if not _has_content(r.item):
-            continue  # a reply that ended before it said anything
-        order.append(r.item.id)
-        creates[r.item.id] = r.item
-    return _runs(order, creates), lost
+        found = (0, -1)
+        i = old_pos  # prefix of old positions < old_pos (1-based: 1..old_pos)
+        while i > 0:
+            if tree[i] > found:
+                found = tree[i]
+            i -= i & -i
+        weight = found[0] + (heavy_weight if item_id in heavy else 1)
+        best_at[pos], prev[pos] = weight, found[1]
+        entry = (weight, pos)
+        top = max(top, entry)
+        i = old_pos + 1
+        while i <= size:
+            if tree[i] < entry:
+                tree[i] = entry
+            i += i & -i
+    out: list[str] = []
+    pos = top[1]
+    while pos >= 0:
+        out.append(new_ids[pos])
+        pos = prev[pos]
+    out.reverse()
+    return out
 
 
 def _has_content(item: llm.ChatItem) -> bool:
-    return item.type != "message" or bool(item.content)
+    """Whether a create of the item would hold anything (the service rejects empty messages)."""
+    if item.type != "message":
+        return True
+    return any(not isinstance(c, str) or c for c in item.content)
 
 
 def _text_changed(new: llm.ChatItem, old: llm.ChatItem) -> bool:

@@ -1,51 +1,55 @@
-"""The I/O side of chat context syncs, shared by the realtime sessions.
+"""The asyncio side of the realtime conversation, shared by both realtime sessions.
 
-:mod:`chat_sync` decides what to send; :class:`ChatSyncIO` runs it on a session: it keeps the
-mirror fed from the service's events, serialises the syncs, waits for the connection (and, after
-a reconnect, for the replay), sends the events of a plan through the session and waits for their
-answers. It opens no socket: the session gives it how to build and send a protocol's events, and
-tells it what the service said and when the connection came and went.
+:mod:`conversation` decides (what the service holds, what to send, what an answer means);
+:class:`ChatSyncIO` runs it on a session: it serialises the syncs, waits for the connection
+(and, after a reconnect, for the replay), queues the operations as the session's protocol
+events, waits for their answers with the 5 s timeout, keeps later client requests
+(``response.create``, ``session.update``) behind the syncs asked for before them, and logs the
+state's outcomes. It opens no socket: the session gives it how to queue an event and how to
+write an operation in its protocol, and tells it what the service said.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Iterator
+import json
+from collections import deque
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from livekit.agents import llm, utils
 
 from ..log import logger
-from .chat_sync import (
-    ChatContextSyncError,
-    RemoteConversation,
-    SyncPlan,
-    plan_replay,
-    plan_sync,
-    plan_sync_steps,
-    protocol_items_steps,
-)
+from .chat_sync import ChatContextSyncError, RemoteConversation, SyncPlan
+from .conversation import ConversationState, CreateItem, Operation
 from .item_events import Batch, PendingItemEvents
 from .loop_slicer import LoopSlicer, run_sliced
 
-__all__ = ["CHAT_CTX_SYNC_TIMEOUT", "ChatSyncIO"]
+__all__ = [
+    "CHAT_CTX_SYNC_TIMEOUT",
+    "ChatSyncIO",
+    "ReplyRequests",
+    "decode_server_event",
+    "item_event_writer",
+    "spoken",
+]
 
 # update_chat_ctx gives up when the service has answered none of its pending events for this long
 CHAT_CTX_SYNC_TIMEOUT = 5.0
-_MAX_WARNED_IDS = 10_000
+# client events that wait for the syncs asked for before them
+_ORDERED_EVENTS = ("response.create", "session.update")
 
 
 class ChatSyncIO:
-    """Runs the chat context syncs of one realtime session.
+    """Runs the conversation of one realtime session on its connection.
 
     Args:
         protocol: Names the protocol in warnings.
+        images: Whether the protocol carries images in user messages.
         warned: Item ids already warned about, shared by the sessions of a model.
-        send_event: Queues a client event on the session's connection.
-        delete_event: Builds a ``conversation.item.delete`` event for an item id.
-        create_event: Builds a ``conversation.item.create`` event for an item, after an item id
-            (``"root"``: at the start).
+        queue_event: Queues a client event on the session's connection, at once.
+        wire_event: Writes an operation as the protocol's client event.
         closed: Whether the session is closed, or its connection failed for good.
     """
 
@@ -53,34 +57,35 @@ class ChatSyncIO:
         self,
         *,
         protocol: str,
+        images: bool,
         warned: set[str],
-        send_event: Callable[[Any], None],
-        delete_event: Callable[[str], Any],
-        create_event: Callable[[llm.ChatItem, str], Any],
+        queue_event: Callable[[Any], None],
+        wire_event: Callable[[Operation], Any],
         closed: Callable[[], bool],
     ) -> None:
-        self._protocol = protocol
-        self._warned = warned
-        self._send_event = send_event
-        self._delete_event = delete_event
-        self._create_event = create_event
+        self.state = ConversationState(protocol=protocol, images=images, warned=warned)
+        self._queue_event = queue_event
+        self._wire_event = wire_event
         self._closed = closed
-        self.remote = RemoteConversation()
-        self.events = PendingItemEvents()
         self._lock = asyncio.Lock()
         # set while syncs may use the connection: it is up and, after a reconnect, the replay of
-        # the conversation is answered (a sync made before then would plan against a half-built
-        # mirror); cleared when the connection drops
+        # the conversation is answered; cleared when the connection drops
         self.ready = asyncio.Event()
-        self._connection_gen = 0
-        self._replay_source: RemoteConversation | None = None  # a replay not answered yet
-        self._heard: dict[str, str] = {}  # truncate()'s transcripts, until the service confirms
-        self._text_truncates: dict[str, str] = {}  # text-only truncates of replies not done yet
-        # when the content of the items a replay re-creates was known (it stays so)
-        self._replayed_known: dict[str, int | None] = {}
-        # replies and calls the service ended before it reported the item (GA may do so)
-        self._ended_early: dict[str, llm.ChatItem] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # syncs asked for and not yet queued, and the requests asked for after them
+        self._open_syncs: deque[int] = deque()
+        self._held_back: deque[tuple[int, Any]] = deque()
+        self._sync_count = 0
+        self.replies = ReplyRequests()
+
+    @property
+    def remote(self) -> RemoteConversation:
+        """The view of the service's conversation (the session's ``chat_ctx``)."""
+        return self.state.remote
+
+    @property
+    def events(self) -> PendingItemEvents:
+        return self.state.events
 
     # ---------------------------------------------------------------------------------- syncs
 
@@ -92,24 +97,48 @@ class ChatSyncIO:
                 service rejected part of the sync (what it accepted stays), it answered nothing
                 for 5 seconds, the connection closed first, or the session is closed.
         """
-        since = self.remote.revision  # what becomes known from now on, chat_ctx cannot hold
-        async with self._lock:
-            await self._wait_ready()
-            items, warnings = await run_sliced(
-                protocol_items_steps(
-                    chat_ctx, self.remote, warned=self._warned, protocol=self._protocol
-                )
-            )
-            for warning in warnings:
-                logger.warning(warning)
-            if len(self._warned) > _MAX_WARNED_IDS:
-                self._warned.clear()
+        ticket = self._open_sync()
+        try:
+            since = self.remote.revision  # what becomes known from now on, chat_ctx cannot hold
+            async with self._lock:
+                await self._wait_ready()
+                items = await run_sliced(self.state.protocol_items_steps(chat_ctx))
+                self._log_outcomes()
+                plan = await run_sliced(self.state.plan_steps(items, since=since))
+                batch = await self._queue_plan(plan) if plan else None
+                self._close_sync(ticket)
+                if batch is not None:
+                    await self._wait(batch)
+        finally:
+            self._close_sync(ticket)
 
-            plan = await run_sliced(plan_sync_steps(self.remote, items, since=since))
-            for held in plan.held:
-                self.remote.complete(held.id, held)
-            if plan:
-                await self._send_plan(plan)
+    def send_ordered(self, event: Any) -> None:
+        """Queue a client request after the operations of the syncs asked for before it."""
+        if self._open_syncs:
+            self._held_back.append((self._sync_count, event))
+        else:
+            self._queue_event(event)
+
+    def queue(self, event: Any) -> None:
+        """The session's ``send_event``: requests wait for earlier syncs, the rest goes at once."""
+        kind = event.get("type") if isinstance(event, dict) else getattr(event, "type", None)
+        if kind in _ORDERED_EVENTS:
+            self.send_ordered(event)
+        else:
+            self._queue_event(event)
+
+    def _open_sync(self) -> int:
+        self._sync_count += 1
+        self._open_syncs.append(self._sync_count)
+        return self._sync_count
+
+    def _close_sync(self, ticket: int) -> None:
+        if ticket not in self._open_syncs:
+            return
+        self._open_syncs.remove(ticket)
+        oldest = self._open_syncs[0] if self._open_syncs else None
+        while self._held_back and (oldest is None or self._held_back[0][0] < oldest):
+            self._queue_event(self._held_back.popleft()[1])
 
     async def _wait_ready(self) -> None:
         """Wait until syncs may use the connection (see ``ready``).
@@ -122,13 +151,13 @@ class ChatSyncIO:
         if self._closed():
             raise ChatContextSyncError("update_chat_ctx called on a closed realtime session")
 
-    async def _send_plan(self, plan: SyncPlan) -> None:
-        """Send a sync plan and wait until the service has answered each of its events."""
+    async def _queue_plan(self, plan: SyncPlan) -> Batch:
+        """Queue the events of a plan; returns the batch that tracks their answers."""
         batch = Batch()
         slicer = LoopSlicer()
-        connection_gen = self._connection_gen
-        for ev in self.plan_events(plan, batch):
-            if connection_gen != self._connection_gen:
+        connection = self.state.connection
+        for op in self.state.operations(plan, batch):
+            if connection != self.state.connection:
                 # the connection dropped while the events were built: the rest of the plan was
                 # made for a conversation the next connection will not have
                 self.events.fail(
@@ -138,65 +167,77 @@ class ChatSyncIO:
                     batch=batch,
                 )
                 break
-            self._send_event(ev)
+            self._queue_event(self._wire_event(op))
             await slicer.tick()
-        await self.events.wait(batch, idle_timeout=CHAT_CTX_SYNC_TIMEOUT)
+        return batch
 
-    def plan_events(self, plan: SyncPlan, batch: Batch) -> Iterator[Any]:
-        """The events of ``plan``, each tracked in ``batch``: deletes, then each run last first."""
-        for item_id in plan.deletes:
-            delete_ev = self._delete_event(item_id)
-            self.events.track("delete", item_id, delete_ev.event_id, batch=batch)
-            yield delete_ev
-        for run in plan.runs:
-            for item in reversed(run.items):
-                create_ev = self._create_event(item, "root" if run.anchor is None else run.anchor)
-                self.events.track(
-                    "create",
-                    item.id,
-                    create_ev.event_id,
-                    item=item,
-                    origin="server" if item.id in plan.replaced else "client",
-                    batch=batch,
+    async def _wait(self, batch: Batch) -> None:
+        """Wait until the service has answered every event of ``batch``; raise its errors.
+
+        Raises:
+            ChatContextSyncError: The service rejected events, answered none of them for
+                ``CHAT_CTX_SYNC_TIMEOUT`` seconds, or they failed (connection or session closed).
+        """
+        if not batch.done:
+            done = asyncio.get_running_loop().create_future()
+            batch.on_done = lambda: _resolve(done)
+            answers = -1
+            while not batch.done and batch.answers != answers:
+                answers = batch.answers
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(done), CHAT_CTX_SYNC_TIMEOUT)
+            if not batch.done:
+                self.events.expire(
+                    batch,
+                    ChatContextSyncError(
+                        f"update_chat_ctx timed out: the realtime service answered none of "
+                        f"{batch.remaining} pending events for {CHAT_CTX_SYNC_TIMEOUT:g}s"
+                    ),
                 )
-                yield create_ev
+        if (error := batch.error()) is not None:
+            raise error
 
     def truncate(self, message_id: str, heard: str, *, audio: bool) -> None:
         """The user heard ``heard`` of the reply ``message_id`` (``audio``: the audio is cut).
 
         With audio, the service cuts its copy and ``conversation.item.truncated`` sets it in the
-        mirror; without, the reply's text is replaced (once the reply is done).
+        view; without, the reply's text is replaced (once the reply is done).
         """
         if audio:
-            self._heard[message_id] = heard
+            self.state.truncate(message_id, heard)
         else:
             self._spawn(self._replace_text(message_id, heard))
 
     async def _replace_text(self, message_id: str, text: str) -> None:
-        async with self._lock:
-            try:
-                await self._wait_ready()
-            except ChatContextSyncError:
-                return
-            remote = self.remote.get(message_id)
-            if remote is None or not text or remote.item.type != "message":
-                return
-            if remote.known_at is None:
-                # the reply is still streaming (its cancel is on its way): replace it once done
-                self._text_truncates[message_id] = text
-                return
-            local = [r.item for r in self.remote.items()]
-            idx = next(i for i, item in enumerate(local) if item.id == message_id)
-            local[idx] = local[idx].model_copy(update={"content": [text]})
-            try:
-                await self._send_plan(plan_sync(self.remote, local, since=self.remote.revision))
-            except ChatContextSyncError as e:
-                logger.warning(f"failed to sync the truncated message `{message_id}`: {e}")
+        ticket = self._open_sync()
+        try:
+            async with self._lock:
+                try:
+                    await self._wait_ready()
+                except ChatContextSyncError:
+                    return
+                local = self.state.text_truncation(message_id, text)
+                if local is None:
+                    return
+                plan = await run_sliced(self.state.plan_steps(local, since=self.remote.revision))
+                batch = await self._queue_plan(plan)
+                self._close_sync(ticket)
+                try:
+                    await self._wait(batch)
+                except ChatContextSyncError as e:
+                    logger.warning(f"failed to sync the truncated message `{message_id}`: {e}")
+        finally:
+            self._close_sync(ticket)
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _log_outcomes(self) -> None:
+        outcomes, self.state.outcomes = self.state.outcomes, []
+        for outcome in outcomes:
+            logger.warning(outcome.message)
 
     # --------------------------------------------------------------------------- connection
 
@@ -211,51 +252,35 @@ class ChatSyncIO:
             The events to send on the new connection before any other, and a callback to call
             with whether sending them succeeded.
         """
-        # a replay cut short by another drop is planned again from what it was replaying, not
-        # from the part of it the dropped connection confirmed
-        source = self._replay_source or self.remote
-        runs, lost = plan_replay(source)
-        if lost:
-            logger.warning(
-                "cannot replay items on the new connection: the service held audio for them "
-                f"and no transcript of it arrived: {', '.join(f'`{i}`' for i in lost)}"
-            )
-        old_remote = self.remote
-        self.remote = RemoteConversation(revision=old_remote.revision)
-        self._replay_source = source
-        self._replayed_known = {r.item.id: r.known_at for r in source.items()}
-        replay = Batch()
-        # what the service made stays server-made: replayed as text, it does not move
-        server_made = {r.item.id for r in source.items() if r.origin == "server"}
-        events = list(self.plan_events(SyncPlan(runs=runs, replaced=server_made), replay))
+        ops, replay = self.state.start_replay()
+        self._log_outcomes()
+        events = [self._wire_event(op) for op in ops]
 
         def _sent(ok: bool) -> None:
             if not ok:
-                self.remote = old_remote
-                self.events.fail(ChatContextSyncError("replay not sent"), batch=replay)
+                self.state.replay_not_sent(replay)
                 return
-            for ev in events:
-                self.sent(ev.event_id)
-            self._spawn(self._await_replay(replay, self._connection_gen))
+            for op in ops:
+                self.state.sent(op.event_id)
+            self._spawn(self._await_replay(replay, self.state.connection))
 
         return events, _sent
 
-    async def _await_replay(self, replay: Batch, connection_gen: int) -> None:
+    async def _await_replay(self, replay: Batch, connection: int) -> None:
         """Open the connection to syncs once the service has answered the replay."""
         try:
-            await self.events.wait(replay, idle_timeout=CHAT_CTX_SYNC_TIMEOUT)
+            await self._wait(replay)
         except ChatContextSyncError as e:
             logger.warning(f"the conversation was not fully replayed on the new connection: {e}")
-        if connection_gen == self._connection_gen:
-            self._replay_source = None
-            self._replayed_known.clear()
+        self._log_outcomes()
+        self.state.replay_answered(replay)
+        if connection == self.state.connection:
             self.ready.set()
 
     def connection_lost(self) -> None:
         """The connection dropped: syncs wait for the next one."""
         self.ready.clear()
-        self._connection_gen += 1
-        self._ended_early.clear()
+        self.state.connection_lost()
 
     async def quiesce(self) -> None:
         """Before a planned reconnect: let a sync in flight finish (for at most
@@ -269,120 +294,173 @@ class ChatSyncIO:
         finally:
             self._lock.release()
 
-    def connection_closed(self) -> None:
+    def connection_closed(self, reply_error: str) -> None:
         """The connection is gone: what was meant for it and not answered never will be."""
-        self.events.fail(
-            ChatContextSyncError("the connection to the realtime service closed before it answered")
-        )
-
-    def cancelled(self, event_id: str | None) -> bool:
-        """Whether an event about to be sent failed before it went out: then it is not sent."""
-        return bool(event_id) and self.events.cancelled(event_id or "")
-
-    def sent(self, event_id: str | None) -> None:
-        """An event went out on the connection."""
-        if event_id and (item_ev := self.events.get(event_id)):
-            item_ev.sent = True
+        self.state.connection_closed()
+        self.replies.fail_all(reply_error)
 
     def close(self) -> None:
-        """The session closes: every pending and later sync fails at once."""
-        self.events.close(
-            ChatContextSyncError("the realtime session closed before the service answered")
-        )
+        """The session closes: every pending and later sync and reply fails at once."""
+        self.state.close()
+        self.replies.fail_all("the realtime session closed before the reply was created")
         self.ready.set()  # wake the syncs waiting for a connection: they fail
 
     async def aclose(self) -> None:
         await utils.aio.cancel_and_wait(*self._tasks)
+
+    def should_send(self, msg: dict[str, Any]) -> bool:
+        """Whether a queued event still goes out (it may have failed before it was sent)."""
+        event_id = msg.get("event_id")
+        return not self.state.cancelled(event_id) and self.replies.should_send(event_id)
+
+    def sent(self, msg: dict[str, Any]) -> None:
+        """A queued event went out on the connection."""
+        self.state.sent(msg.get("event_id"))
+        self.replies.sent(msg)
 
     # -------------------------------------------------------------------- the service's events
 
     def item_created(
         self, item_id: str, previous_item_id: str | None, server_item: Callable[[], llm.ChatItem]
     ) -> None:
-        """``conversation.item.created`` (or ``.added``): ours is recorded as it was sent; what
-        the service made itself has no content the client knows until its transcript or end."""
-        sent = self.events.confirmed("create", item_id)
-        try:
-            if sent is not None and sent.item is not None:
-                self.remote.add(
-                    sent.item,
-                    previous_item_id,
-                    origin=sent.origin,
-                    known_at=self._replayed_known.pop(item_id, None),
-                )
-            elif (ended := self._ended_early.pop(item_id, None)) is not None:
-                self.remote.add(ended, previous_item_id, origin="server")
-            else:
-                self.remote.add(server_item(), previous_item_id, origin="server", known=False)
-        except ValueError as e:
-            logger.warning(f"failed to insert item `{item_id}`: {e}")
+        """``conversation.item.created`` (or ``.added``)."""
+        self.state.item_added(item_id, previous_item_id, server_item)
+        self._log_outcomes()
 
     def item_deleted(self, item_id: str) -> None:
-        try:
-            self.remote.remove(item_id)
-        except (ValueError, KeyError) as e:
-            logger.warning(f"failed to delete item `{item_id}`: {e}")
-        self.events.confirmed("delete", item_id)
+        self.state.item_deleted(item_id)
+        self._log_outcomes()
 
-    def item_rejected(
+    def handle_error(
         self, event_id: str | None, code: str | None, message: str, param: str | None
-    ) -> bool | None:
-        """An ``error`` event: None when it is about no item event, else whether a sync waits
-        for it (then the caller of ``update_chat_ctx`` gets it)."""
-        if not event_id or (item_ev := self.events.get(event_id)) is None:
-            return None
-        awaited = item_ev.batch is not None
-        if item_ev.kind == "delete" and code == "item_delete_invalid_item_id":
-            # the service does not hold the item: neither should the mirror of it
-            with contextlib.suppress(ValueError, KeyError):
-                self.remote.remove(item_ev.item_id)
-        self.events.rejected(
-            event_id,
-            ChatContextSyncError(
-                f"{message} (code `{code}`, item `{item_ev.item_id}`, event `{event_id}`)",
-                code=code,
-                param=param,
-                event_id=event_id,
-                item_id=item_ev.item_id,
-            ),
-        )
-        return awaited
+    ) -> bool:
+        """An ``error`` event: whether it is fully handled (a caller of ``update_chat_ctx`` or
+        ``generate_reply`` gets it); else the session reports it as usual."""
+        awaited = self.state.item_rejected(event_id, code, message, param)
+        if awaited is None and event_id:
+            self.replies.rejected(event_id, message)
+        return bool(awaited)
 
     def transcript(self, item_id: str, transcript: str, confidence: float | None) -> None:
-        """A user turn's transcript arrived: its content is known."""
-        if (remote := self.remote.get(item_id)) and remote.item.type == "message":
-            self.remote.complete(
-                item_id,
-                remote.item.model_copy(
-                    update={"content": [transcript], "transcript_confidence": confidence}
-                ),
-            )
+        self.state.transcript(item_id, transcript, confidence)
 
     def truncated(self, item_id: str) -> None:
-        """``conversation.item.truncated``: the reply holds what the user heard."""
-        if (heard := self._heard.pop(item_id, None)) is not None:
-            self.remote.truncate(item_id, heard)
+        self.state.truncated(item_id)
 
-    def reply_done(self, item_id: str, text: str) -> None:
-        """A reply message ended with ``text`` (its transcript, or what was streamed)."""
-        content: list[llm.ChatContent] = [text] if text else []
-        if (remote := self.remote.get(item_id)) is None:
-            self._ended_early[item_id] = llm.ChatMessage(
-                id=item_id, role="assistant", content=content
-            )
-        elif remote.item.type == "message":
-            self.remote.complete(item_id, remote.item.model_copy(update={"content": content}))
-            if (heard := self._text_truncates.pop(item_id, None)) is not None:
-                self._spawn(self._replace_text(item_id, heard))
+    def reply_done(self, item_id: str, text: str, *, audio: bool) -> None:
+        """A reply message ended with ``text``; ``audio``: it was spoken."""
+        if (heard := self.state.reply_done(item_id, text, audio=audio)) is not None:
+            self._spawn(self._replace_text(item_id, heard))
 
     def reply_pending(self, item_id: str) -> bool:
-        """Whether a reply's content is still unknown (its end has not arrived)."""
-        remote = self.remote.get(item_id)
-        return remote is not None and remote.known_at is None
+        return self.state.reply_pending(item_id)
 
     def function_call_done(self, call: llm.FunctionCall) -> None:
-        """A function call the service made is complete: the mirror had no arguments yet."""
-        if call.id in self.remote:
-            self.remote.complete(call.id, call)
+        self.state.function_call_done(call)
+
+
+class ReplyRequests:
+    """The ``generate_reply`` calls of a session whose response the service has not created.
+
+    ``futures`` is the session's map of them by ``response.create`` event id; a request that
+    failed before it went out (timed out, connection or session closed) is never sent.
+    """
+
+    def __init__(self) -> None:
+        self.futures: dict[str, asyncio.Future[llm.GenerationCreatedEvent]] = {}
+        self._sent: set[str] = set()  # response.create events sent on this connection
+        self._dropped: set[str] = set()  # ...and those never to be sent
+
+    def open(self, event_id: str, *, closed: bool) -> asyncio.Future[llm.GenerationCreatedEvent]:
+        """A new request; failed at once when the session is closed."""
+        fut = asyncio.Future[llm.GenerationCreatedEvent]()
+        if closed:
+            fut.set_exception(
+                llm.RealtimeError("generate_reply called on a closed realtime session")
+            )
         else:
-            self._ended_early[call.id] = call
+            self.futures[event_id] = fut
+        return fut
+
+    def timed_out(self, event_id: str) -> None:
+        self._drop_unsent(event_id)
+
+    def rejected(self, event_id: str, message: str) -> None:
+        if (fut := self.futures.pop(event_id, None)) and not fut.done():
+            fut.set_exception(
+                llm.RealtimeError(f"generate_reply rejected by the service: {message}")
+            )
+
+    def fail_all(self, message: str) -> None:
+        futures = dict(self.futures)
+        self.futures.clear()
+        for event_id, fut in futures.items():
+            self._drop_unsent(event_id)
+            if not fut.done():
+                fut.set_exception(llm.RealtimeError(message))
+        self._sent.clear()
+
+    def should_send(self, event_id: str | None) -> bool:
+        if event_id in self._dropped:
+            self._dropped.discard(event_id)
+            return False
+        return True
+
+    def sent(self, msg: dict[str, Any]) -> None:
+        if msg.get("type") == "response.create" and msg.get("event_id"):
+            self._sent.add(msg["event_id"])
+
+    def _drop_unsent(self, event_id: str) -> None:
+        if event_id not in self._sent:
+            self._dropped.add(event_id)
+
+
+def decode_server_event(data: str) -> dict[str, Any] | None:
+    """A server text frame as an event, or None (logged) when it is not a JSON event."""
+    try:
+        event = json.loads(data)
+    except ValueError:
+        logger.warning(
+            "ignoring a message from the realtime service that is not JSON",
+            extra={"data": str(data)[:200]},
+        )
+        return None
+    if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+        logger.warning(
+            "ignoring an event without a type from the realtime service",
+            extra={"event": str(event)[:200]},
+        )
+        return None
+    return event
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def item_event_writer(
+    *,
+    create: Callable[..., Any],
+    delete: Callable[..., Any],
+    to_item: Callable[[llm.ChatItem], Any],
+) -> Callable[[Operation], Any]:
+    """How a protocol writes the state's operations: its create and delete event types and its
+    item conversion."""
+
+    def _write(op: Operation) -> Any:
+        if isinstance(op, CreateItem):
+            return create(
+                type="conversation.item.create",
+                item=to_item(op.item),
+                previous_item_id=op.previous_item_id,
+                event_id=op.event_id,
+            )
+        return delete(type="conversation.item.delete", item_id=op.item_id, event_id=op.event_id)
+
+    return _write
+
+
+def spoken(modalities: asyncio.Future[list[Any]]) -> bool:
+    """Whether a reply was spoken: its modalities, once known, include audio."""
+    return modalities.done() and not modalities.cancelled() and "audio" in modalities.result()

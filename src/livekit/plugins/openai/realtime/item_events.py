@@ -1,17 +1,19 @@
 """The conversation item events a realtime session sent and the service has not answered yet.
 
-Every ``conversation.item.create`` and ``conversation.item.delete`` is tracked by its
-``event_id``, which the service echoes in an error. A confirmation (``conversation.item.created``
-or ``.deleted``) names only the item, so it settles the oldest pending event of that kind for that
-item: the service answers in order. The events of one ``update_chat_ctx`` form a :class:`Batch`,
-done once each of them is settled.
+No I/O and no clock: the asyncio layer waits, this module only keeps the books. Every
+``conversation.item.create`` and ``conversation.item.delete`` is tracked by its ``event_id``,
+which the service echoes in an error. A confirmation (``conversation.item.created`` / ``.added``
+or ``.deleted``) names only the item, so it settles the oldest event of that kind for that item
+that a caller still waits for; an event whose caller gave up (timed out) is kept only so that a
+late answer still updates the state, and settles a confirmation only when no live event of the
+item is pending. The events of one ``update_chat_ctx`` (or of one replay) form a
+:class:`Batch`, done once each of them is settled.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -28,25 +30,29 @@ Kind = Literal["create", "delete"]
 class Batch:
     """The events of one sync, done when the service has answered all of them."""
 
-    done: asyncio.Future[None] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
     remaining: int = 0
-    errors: list[ChatContextSyncError] = field(default_factory=list)
-    last_answer: float = field(default_factory=time.monotonic)
     size: int = 0
+    answers: int = 0
+    """how many of its events have been settled so far (the waiter's idle clock)"""
+    errors: list[ChatContextSyncError] = field(default_factory=list)
+    on_done: Callable[[], None] | None = None
+    """called once, when the last event is settled"""
 
-    def raise_errors(self) -> None:
-        """Raise the rejections of the batch as one ``ChatContextSyncError``, if any."""
+    @property
+    def done(self) -> bool:
+        return self.remaining == 0
+
+    def error(self) -> ChatContextSyncError | None:
+        """The rejections of the batch as one ``ChatContextSyncError``, if any."""
         if not self.errors:
-            return
+            return None
         first = self.errors[0]
         message = first.args[0]
         if len(self.errors) > 1:
             message = (
                 f"{len(self.errors)} of {self.size} chat context events failed, first: {message}"
             )
-        raise ChatContextSyncError(
+        return ChatContextSyncError(
             message,
             code=first.code,
             param=first.param,
@@ -68,8 +74,12 @@ class ItemEvent:
     origin: Origin = "client"
     """what the mirror records the created item as (see ``chat_sync.SyncPlan.replaced``)"""
     batch: Batch | None = None
-    """the sync waiting for the answer, None when nobody waits"""
+    """the sync waiting for the answer, None when nobody waits (any more)"""
+    replay: bool = False
+    """a create that re-creates an item of the view on a new connection"""
     sent: bool = False
+    expired: bool = False
+    """its caller stopped waiting: it may only take an answer no live event is waiting for"""
 
 
 class PendingItemEvents:
@@ -84,38 +94,32 @@ class PendingItemEvents:
     def __len__(self) -> int:
         return len(self._by_event)
 
+    def __iter__(self) -> Iterator[ItemEvent]:
+        return iter(list(self._by_event.values()))
+
     def get(self, event_id: str) -> ItemEvent | None:
         return self._by_event.get(event_id)
 
-    def track(
-        self,
-        kind: Kind,
-        item_id: str,
-        event_id: str,
-        *,
-        item: llm.ChatItem | None = None,
-        origin: Origin = "client",
-        batch: Batch | None = None,
-    ) -> ItemEvent:
+    def track(self, ev: ItemEvent) -> ItemEvent:
         """Track an event about to be sent; once closed, it fails at once."""
-        ev = ItemEvent(kind, item_id, event_id, item, origin, batch)
-        if batch is not None:
-            batch.remaining += 1
-            batch.size += 1
+        if ev.batch is not None:
+            ev.batch.remaining += 1
+            ev.batch.size += 1
         if self._closed is not None:
-            self._cancelled.add(event_id)
-            self._settle(ev, self._closed)
+            self._cancelled.add(ev.event_id)
+            self._leave_batch(ev, self._closed)
             return ev
-        self._by_event[event_id] = ev
-        self._by_item.setdefault((kind, item_id), deque()).append(ev)
+        self._by_event[ev.event_id] = ev
+        self._by_item.setdefault((ev.kind, ev.item_id), deque()).append(ev)
         return ev
 
     def confirmed(self, kind: Kind, item_id: str) -> ItemEvent | None:
-        """The service did it: settle the oldest pending event of ``kind`` for ``item_id``."""
+        """The service did it: settle the oldest live event of ``kind`` for ``item_id`` (or, with
+        none live, the oldest expired one)."""
         queue = self._by_item.get((kind, item_id))
         if not queue:
             return None
-        ev = queue[0]
+        ev = next((e for e in queue if not e.expired), queue[0])
         self._settle(ev, None)
         return ev
 
@@ -136,6 +140,14 @@ class PendingItemEvents:
                 if not ev.sent:
                     self._cancelled.add(ev.event_id)
                 self._settle(ev, error)
+
+    def expire(self, batch: Batch, error: ChatContextSyncError) -> None:
+        """The caller of ``batch`` stopped waiting: its events fail for it, and stay tracked
+        (expired) so that a late answer still updates the state."""
+        for ev in list(self._by_event.values()):
+            if ev.batch is batch:
+                ev.expired = True
+                self._leave_batch(ev, error)
 
     def close(self, error: ChatContextSyncError) -> None:
         """Fail everything pending, and every event tracked from now on."""
@@ -165,31 +177,7 @@ class PendingItemEvents:
         if error is not None:
             batch.errors.append(error)
         batch.remaining -= 1
-        batch.last_answer = time.monotonic()
-        if batch.remaining == 0 and not batch.done.done():
-            batch.done.set_result(None)
-
-    async def wait(self, batch: Batch, *, idle_timeout: float) -> None:
-        """Wait until every event of ``batch`` is settled; raise its rejections, if any.
-
-        Events still unanswered after ``idle_timeout`` seconds without any answer fail; they stay
-        tracked, so that a late answer is still recognised as ours.
-
-        Raises:
-            ChatContextSyncError: The service rejected events, answered none for
-                ``idle_timeout`` seconds, or they failed (connection closed, session closed).
-        """
-        batch.last_answer = time.monotonic()
-        while batch.remaining > 0:
-            idle = time.monotonic() - batch.last_answer
-            if idle >= idle_timeout:
-                timed_out = ChatContextSyncError(
-                    f"update_chat_ctx timed out: the realtime service answered none of "
-                    f"{batch.remaining} pending events for {idle_timeout:g}s"
-                )
-                for ev in list(self._by_event.values()):
-                    if ev.batch is batch:
-                        self._leave_batch(ev, timed_out)
-                break
-            await asyncio.wait({batch.done}, timeout=idle_timeout - idle)
-        batch.raise_errors()
+        batch.answers += 1
+        if batch.remaining == 0 and batch.on_done is not None:
+            on_done, batch.on_done = batch.on_done, None
+            on_done()

@@ -1,0 +1,385 @@
+"""The realtime conversation as one state machine: what the service holds and what is in flight.
+
+No I/O, no asyncio, no logging, protocol-neutral. The sessions translate their protocol's
+server events into the calls below (``item_added``, ``transcript``, ``reply_done``...) and the
+operations it returns (:class:`CreateItem`, :class:`DeleteItem`) into client events; the asyncio
+layer (``chat_sync_io``) sends them and waits. What happened that a caller may want to know (an
+item skipped, lost or rejected) is an :class:`Outcome` in ``outcomes``, for the caller to log.
+
+What the state guarantees:
+
+- The view (``remote``, which the session shows as ``chat_ctx``) holds every item the service
+  holds and every item a replay is re-creating on a new connection, in the service's order, at
+  every moment: a sync made from a copy of it deletes nothing the service holds.
+- An operation is settled only by the answer to it: a rejection names its event id; a
+  confirmation names the item and settles the oldest operation of that item a caller still
+  waits for. An operation whose caller timed out only takes an answer no live one waits for.
+  No operation outlives the connection it was sent on.
+- A new connection replays the whole view (every item whose content is known), and a drop
+  during that replay replays the view again, including what the interrupted connection added.
+- What the client knows of each item the service made (transcript pending or delivered, reply
+  streaming or done, what the user heard of a truncated reply, a call's final arguments) is
+  kept here; ``chat_sync`` plans syncs and replays from it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+from livekit.agents import llm, utils
+
+from .chat_sync import (
+    ChatContextSyncError,
+    RemoteConversation,
+    Steps,
+    SyncPlan,
+    plan_replay,
+    plan_sync_steps,
+    protocol_items_steps,
+)
+from .item_events import Batch, ItemEvent, PendingItemEvents
+
+__all__ = ["ConversationState", "CreateItem", "DeleteItem", "Operation", "Outcome"]
+
+_MAX_WARNED_IDS = 10_000
+
+
+@dataclass(frozen=True)
+class CreateItem:
+    """Send ``conversation.item.create`` of ``item`` after ``previous_item_id`` (``"root"``)."""
+
+    event_id: str
+    item: llm.ChatItem
+    previous_item_id: str
+
+
+@dataclass(frozen=True)
+class DeleteItem:
+    """Send ``conversation.item.delete`` of ``item_id``."""
+
+    event_id: str
+    item_id: str
+
+
+Operation = CreateItem | DeleteItem
+
+OutcomeKind = Literal["skipped", "lost", "not_replayed", "unexpected"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Something the caller should know about (and log): the state has already dealt with it.
+
+    Attributes:
+        kind: ``"skipped"`` (a local item the protocol cannot carry, or part of it),
+            ``"lost"`` (items a new connection cannot get back: content unknown),
+            ``"not_replayed"`` (items with nothing to send, e.g. a voice turn transcribed as
+            ""), ``"unexpected"`` (a server event that does not fit the conversation).
+        message: One line saying what and why.
+        item_ids: The items concerned.
+    """
+
+    kind: OutcomeKind
+    message: str
+    item_ids: tuple[str, ...] = ()
+
+
+class ConversationState:
+    """The client's whole knowledge of one realtime conversation, across its connections.
+
+    Args:
+        protocol: Names the protocol in outcome messages.
+        images: Whether the protocol carries images in user messages.
+        warned: Item ids already reported as skipped, shared by the sessions of a model.
+        new_event_id: Makes a client event id from a prefix.
+    """
+
+    def __init__(
+        self,
+        *,
+        protocol: str,
+        images: bool = False,
+        warned: set[str] | None = None,
+        new_event_id: Callable[[str], str] = utils.shortuuid,
+    ) -> None:
+        self.protocol = protocol
+        self.images = images
+        self.remote = RemoteConversation()
+        self.events = PendingItemEvents()
+        self.outcomes: list[Outcome] = []
+        self.connection = 0
+        """counts connections: bumped when one is lost"""
+        self.replay: Batch | None = None
+        """the replay on the current connection, until the service has answered it"""
+        self._warned = warned if warned is not None else set()
+        self._new_event_id = new_event_id
+        self._heard: dict[str, str] = {}  # truncate()'s transcripts, until the service confirms
+        self._text_truncates: dict[str, str] = {}  # text-only truncates of replies not done yet
+        # replies and calls the service ended before it reported the item (GA may do so)
+        self._ended_early: dict[str, tuple[llm.ChatItem, bool]] = {}
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # ------------------------------------------------------------------------------ syncs
+
+    def protocol_items_steps(self, chat_ctx: llm.ChatContext) -> Steps[list[llm.ChatItem]]:
+        """The items of ``chat_ctx`` the service should hold (see ``chat_sync``), in steps.
+
+        Raises:
+            ChatContextSyncError: Two items map to the same id; nothing is to be sent.
+        """
+        items, warnings = yield from protocol_items_steps(
+            chat_ctx, self.remote, warned=self._warned, protocol=self.protocol, images=self.images
+        )
+        for item_id, message in warnings:
+            self.outcomes.append(Outcome("skipped", message, (item_id,)))
+        if len(self._warned) > _MAX_WARNED_IDS:
+            self._warned.clear()
+        return items
+
+    def plan_steps(self, items: list[llm.ChatItem], *, since: int) -> Steps[SyncPlan]:
+        """Plan the sync of ``items`` (see ``chat_sync.plan_sync_steps``), in steps.
+
+        The local copies of items the sync keeps become their known content.
+        """
+        plan = yield from plan_sync_steps(self.remote, items, since=since)
+        for held in plan.held:
+            self.remote.complete(held.id, held)
+        return plan
+
+    def operations(self, plan: SyncPlan, batch: Batch) -> Iterator[Operation]:
+        """The operations of ``plan``, each tracked in ``batch``: deletes, then each run last
+        item first (each create goes right after the run's anchor)."""
+        return self._operations(plan, batch, replay=False)
+
+    def _operations(self, plan: SyncPlan, batch: Batch, *, replay: bool) -> Iterator[Operation]:
+        for item_id in plan.deletes:
+            delete = DeleteItem(self._new_event_id("chat_ctx_delete_"), item_id)
+            self.events.track(ItemEvent("delete", item_id, delete.event_id, batch=batch))
+            yield delete
+        for run in plan.runs:
+            anchor = "root" if run.anchor is None else run.anchor
+            for item in reversed(run.items):
+                create = CreateItem(self._new_event_id("chat_ctx_create_"), item, anchor)
+                origin: Literal["client", "server"] = (
+                    "server" if item.id in plan.replaced else "client"
+                )
+                self.events.track(
+                    ItemEvent(
+                        "create",
+                        item.id,
+                        create.event_id,
+                        item=item,
+                        origin=origin,
+                        batch=batch,
+                        replay=replay,
+                    )
+                )
+                yield create
+
+    def text_truncation(self, message_id: str, text: str) -> list[llm.ChatItem] | None:
+        """The user heard only ``text`` of the reply ``message_id`` and no audio is cut: the
+        items to sync so that the service holds that text, or None (nothing to do, or to be
+        done once the reply is done, see :meth:`reply_done`)."""
+        remote = self.remote.get(message_id)
+        if remote is None or not text or remote.item.type != "message":
+            return None
+        if remote.known_at is None:
+            self._text_truncates[message_id] = text  # the reply still streams: once it is done
+            return None
+        local = [r.item for r in self.remote.items()]
+        idx = next(i for i, item in enumerate(local) if item.id == message_id)
+        local[idx] = local[idx].model_copy(update={"content": [text]})
+        return local
+
+    def truncate(self, message_id: str, heard: str) -> None:
+        """The audio of reply ``message_id`` is cut where the user stopped hearing ``heard``;
+        the service confirms with :meth:`truncated`."""
+        self._heard[message_id] = heard
+
+    # ------------------------------------------------------------------------- connection
+
+    def start_replay(self) -> tuple[list[Operation], Batch]:
+        """A new connection starts with an empty conversation: the operations that re-create
+        the view on it, to send before any other event, and the batch that tracks them.
+
+        Items that cannot be re-created leave the view (see ``outcomes``); the others stay in
+        it, not held by the service until their create is confirmed.
+        """
+        runs, lost, empty = plan_replay(self.remote)
+        if lost:
+            self.outcomes.append(
+                Outcome(
+                    "lost",
+                    "cannot replay items on the new connection: the service held audio for "
+                    f"them and no transcript of it arrived: {', '.join(f'`{i}`' for i in lost)}",
+                    tuple(lost),
+                )
+            )
+        if empty:
+            self.outcomes.append(
+                Outcome(
+                    "not_replayed",
+                    "not replaying items that hold nothing to send (the service rejects empty "
+                    f"messages): {', '.join(f'`{i}`' for i in empty)}",
+                    tuple(empty),
+                )
+            )
+        for item_id in (*lost, *empty):
+            self.remote.remove(item_id)
+        for r in self.remote.items():
+            r.held = False
+        batch = Batch()
+        self.replay = batch
+        return list(self._operations(SyncPlan(runs=runs), batch, replay=True)), batch
+
+    def replay_not_sent(self, batch: Batch) -> None:
+        """Sending the replay failed: the next connection replays the view again."""
+        self.events.fail(ChatContextSyncError("replay not sent"), batch=batch)
+        if self.replay is batch:
+            self.replay = None
+
+    def replay_answered(self, batch: Batch) -> None:
+        """The service answered every create of the replay (or the wait for it ended)."""
+        if self.replay is batch:
+            self.replay = None
+
+    def connection_lost(self) -> None:
+        """The connection dropped: what the client knew of replies in flight on it is void."""
+        self.connection += 1
+        self._ended_early.clear()
+
+    def connection_closed(self) -> None:
+        """The connection is gone: what was meant for it and not answered never will be."""
+        self.events.fail(
+            ChatContextSyncError("the connection to the realtime service closed before it answered")
+        )
+
+    def close(self) -> None:
+        """The session closes: every pending and later operation fails at once."""
+        self._closed = True
+        self.events.close(
+            ChatContextSyncError("the realtime session closed before the service answered")
+        )
+
+    def sent(self, event_id: str | None) -> None:
+        """An event went out on the connection."""
+        if event_id and (item_ev := self.events.get(event_id)):
+            item_ev.sent = True
+
+    def cancelled(self, event_id: str | None) -> bool:
+        """Whether an event about to be sent failed before it went out: then it is not sent."""
+        return bool(event_id) and self.events.cancelled(event_id or "")
+
+    # ---------------------------------------------------------------- the service's events
+
+    def item_added(
+        self, item_id: str, previous_item_id: str | None, server_item: Callable[[], llm.ChatItem]
+    ) -> None:
+        """The service holds a new item: ours is recorded as it was sent (a replayed one takes
+        its place in the view again, as a plain text item); what the service made itself has no
+        content the client knows until its transcript or end."""
+        sent = self.events.confirmed("create", item_id)
+        existing = self.remote.get(item_id)
+        if sent is not None and sent.item is not None and existing is not None and sent.replay:
+            existing.item, existing.held = sent.item, True
+            existing.origin, existing.audio = "client", False
+            return
+        try:
+            if sent is not None and sent.item is not None:
+                self.remote.add(sent.item, previous_item_id, origin=sent.origin)
+            elif (ended := self._ended_early.pop(item_id, None)) is not None:
+                item, audio = ended
+                self.remote.add(item, previous_item_id, origin="server", audio=audio)
+            else:
+                self.remote.add(server_item(), previous_item_id, origin="server", known=False)
+        except ValueError as e:
+            self.outcomes.append(
+                Outcome("unexpected", f"failed to insert item `{item_id}`: {e}", (item_id,))
+            )
+
+    def item_deleted(self, item_id: str) -> None:
+        """The service deleted an item."""
+        self.events.confirmed("delete", item_id)
+        try:
+            self.remote.remove(item_id)
+        except (ValueError, KeyError) as e:
+            self.outcomes.append(
+                Outcome("unexpected", f"failed to delete item `{item_id}`: {e}", (item_id,))
+            )
+
+    def item_rejected(
+        self, event_id: str | None, code: str | None, message: str, param: str | None
+    ) -> bool | None:
+        """An ``error`` event: None when it is about no item event, else whether a caller waits
+        for it (then it gets the error; else the session reports it as any other error)."""
+        if not event_id or (item_ev := self.events.get(event_id)) is None:
+            return None
+        awaited = item_ev.batch is not None
+        remote = self.remote.get(item_ev.item_id)
+        # a refused delete of an item the service lacks, or a refused replay create
+        drop = (item_ev.kind == "delete" and code == "item_delete_invalid_item_id") or (
+            item_ev.replay and remote is not None and not remote.held
+        )
+        if drop and remote is not None:
+            # the service does not hold the item: neither does the view
+            self.remote.remove(item_ev.item_id)
+        error = ChatContextSyncError(
+            f"{message} (code `{code}`, item `{item_ev.item_id}`, event `{event_id}`)",
+            code=code,
+            param=param,
+            event_id=event_id,
+            item_id=item_ev.item_id,
+        )
+        self.events.rejected(event_id, error)
+        return awaited
+
+    def transcript(self, item_id: str, transcript: str, confidence: float | None) -> None:
+        """A user turn's transcript arrived (possibly ""): its content is known."""
+        if (remote := self.remote.get(item_id)) and remote.item.type == "message":
+            self.remote.complete(
+                item_id,
+                remote.item.model_copy(
+                    update={"content": [transcript], "transcript_confidence": confidence}
+                ),
+            )
+
+    def truncated(self, item_id: str) -> None:
+        """``conversation.item.truncated``: the reply holds what the user heard."""
+        if (heard := self._heard.pop(item_id, None)) is not None:
+            self.remote.truncate(item_id, heard)
+
+    def reply_done(self, item_id: str, text: str, *, audio: bool) -> str | None:
+        """A reply message ended with ``text`` (its transcript, or what was streamed).
+
+        Returns:
+            The text the user heard of it, when a text-only truncation waited for its end: the
+            caller syncs it now (see :meth:`text_truncation`).
+        """
+        content: list[llm.ChatContent] = [text] if text else []
+        if (remote := self.remote.get(item_id)) is None:
+            item = llm.ChatMessage(id=item_id, role="assistant", content=content)
+            self._ended_early[item_id] = (item, audio)
+            return None
+        if remote.item.type != "message":
+            return None
+        remote.audio = audio and remote.origin == "server"
+        self.remote.complete(item_id, remote.item.model_copy(update={"content": content}))
+        return self._text_truncates.pop(item_id, None)
+
+    def reply_pending(self, item_id: str) -> bool:
+        """Whether a reply's content is still unknown (its end has not arrived)."""
+        remote = self.remote.get(item_id)
+        return remote is not None and remote.known_at is None
+
+    def function_call_done(self, call: llm.FunctionCall) -> None:
+        """A function call the service made is complete: the view had no arguments yet."""
+        if call.id in self.remote:
+            self.remote.complete(call.id, call)
+        else:
+            self._ended_early[call.id] = (call, False)

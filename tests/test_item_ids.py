@@ -1,0 +1,57 @@
+"""Local item ids the service cannot take as they are.
+
+The service takes ids of at most 32 characters; a longer local id is mapped to a stable short
+one, whatever characters it holds (a lone surrogate cannot be encoded as UTF-8). See
+``tests/test_regressions.py`` for how regression tests run on upstream.
+"""
+
+from __future__ import annotations
+
+import pytest
+from fake_azure import FakeAzureRealtimeServer
+from sync_helpers import (
+    ChatContextSyncError,
+    beta_session,
+    error_codes,
+    sent_since,
+    sync,
+    text_ctx,
+)
+
+SURROGATE_ID = "x" * 40 + "\ud800"
+
+
+@pytest.mark.regression(fails_on=("1.4.6.post2", "1.4.6"))
+async def test_long_id_with_lone_surrogate_synced_under_short_id(
+    fake_azure: FakeAzureRealtimeServer,
+) -> None:
+    """A long id holding a lone surrogate is synced under a short id, like any long id.
+
+    No ``UnicodeEncodeError`` (nor ``ChatContextSyncError``): the other items of the context
+    are synced, and the next sync of the same context sends nothing. Both protocols.
+    """
+    ctx = text_ctx(
+        ("sys_1", "system", "TEST"),
+        (SURROGATE_ID, "user", "summary of the previous agent"),
+        ("user_1", "user", "hello"),
+    )
+    async with beta_session(fake_azure) as (sess, _):
+        try:
+            await sync(sess, ctx)
+        except UnicodeEncodeError as e:
+            pytest.fail(f"the sync raised {e!r}")
+        except ChatContextSyncError as e:  # the other accepted outcome, not the preferred one
+            pytest.fail(f"the sync refused the item: {e}")
+        assert error_codes(fake_azure) == []
+        conv = fake_azure.conversation
+        assert len(conv) == 3
+        assert conv[0]["id"] == "sys_1" and conv[2]["id"] == "user_1"
+        assert len(conv[1]["id"]) <= 32
+        assert conv[1]["content"] == [
+            {"type": "input_text", "text": "summary of the previous agent"}
+        ]
+
+        start = len(fake_azure.received)
+        await sync(sess, ctx)
+        assert sent_since(fake_azure, start) == []
+        assert error_codes(fake_azure) == []

@@ -1,0 +1,240 @@
+#!/usr/bin/env python3
+"""Write the complete backport series: ``patches/series`` plus one patch per module of ``src/``.
+
+The wheel is built from the pinned sdist, the edits in ``patches/`` and the fork's own modules
+copied whole from ``src/``. Upstream takes a series of commits instead, so this writes one:
+``git format-patch`` files plus a ``series`` file naming them in order, which ``git am`` applies
+onto a livekit/agents checkout at ``livekit-agents@1.4.6`` (or onto the pinned sdist laid out at
+``livekit-plugins/livekit-plugins-openai/``, as ``nox -s patches`` does).
+
+Each module is added whole by its own patch (``feat(openai): add realtime/<module>.py``, body:
+the first paragraph of the module's docstring). The output is stable: fixed author, date and
+``--zero-commit``, ``[PATCH]`` subjects without N/M, names numbered by position. Files whose
+content is unchanged are not rewritten, so regenerating after a one-line edit rewrites only the
+patch carrying that line.
+
+Usage:
+    python3 tools/export_series.py OUTDIR
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import textwrap
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+ROOT = Path(__file__).resolve().parent.parent
+PATCHES = ROOT / "patches"
+SRC = ROOT / "src"
+PLUGIN_DIR = "livekit-plugins/livekit-plugins-openai"
+sys.path.insert(0, str(ROOT / PLUGIN_DIR / "_build"))
+import lk_fork_backend  # noqa: E402
+import lk_fork_patch  # noqa: E402
+
+# the identity and date of the module patches (the edit patches keep their own headers)
+AUTHOR_NAME = "fork dev"
+AUTHOR_EMAIL = "dev@fork.local"
+MODULE_DATE = "Tue, 1 Dec 2026 17:00:00 +0000"
+# the module patches follow patches/series' first patch (the openai cap, which needs none) and
+# come before every edit patch, in sorted path order. Every edit that imports a module then finds
+# it, whatever patch first needs it; the price is that a module lands in its final form before
+# the edits that use it (an intermediate commit may hold a module nothing imports yet).
+MODULES_AFTER = 1
+_SUBJECT_RE = re.compile(r"^Subject: \[PATCH[^\]]*\] ", re.MULTILINE)
+_NUMBER_RE = re.compile(r"^\d{4}-")
+SERIES_HEADER = (
+    "# The complete backport series, written by `python3 dev.py series OUTDIR`\n"
+    "# (tools/export_series.py): patches/series with the fork's own modules (src/) each added\n"
+    "# by its own patch. Applied in this order onto livekit-agents@1.4.6, from the checkout:\n"
+    "#   grep -v '^#' OUTDIR/series | sed 's|^|OUTDIR/|' | xargs git am\n"
+)
+
+
+class ExportError(Exception):
+    """The series cannot be exported; ``str(err)`` is one line."""
+
+
+@dataclass(frozen=True)
+class Exported:
+    """What an export wrote into its directory."""
+
+    names: list[str]
+    written: list[str]
+    unchanged: list[str]
+    removed: list[str]
+
+
+def module_summary(path: Path) -> str:
+    """The first paragraph of the module docstring of ``path``, as one line of text.
+
+    Raises:
+        ExportError: the module has no docstring.
+    """
+    doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"), str(path)))
+    if not doc:
+        raise ExportError(f"error: {path.relative_to(ROOT)} has no module docstring")
+    return " ".join(doc.split("\n\n", 1)[0].split())
+
+
+def module_message(rel: PurePosixPath, path: Path) -> str:
+    """The commit message of the patch that adds module ``rel`` (relative to the package root)."""
+    # realtime/chat_sync.py for livekit/plugins/openai/realtime/chat_sync.py
+    short = "/".join(rel.parts[3:]) if rel.parts[:3] == ("livekit", "plugins", "openai") else rel
+    body = textwrap.fill(module_summary(path), width=72, break_on_hyphens=False)
+    return f"feat(openai): add {short}\n\n{body}\n\nForwarded: not yet\n"
+
+
+def _git_env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    env.update(
+        HOME=str(home),
+        GIT_CONFIG_NOSYSTEM="1",
+        GIT_CONFIG_GLOBAL=os.devnull,
+        GIT_AUTHOR_NAME=AUTHOR_NAME,
+        GIT_AUTHOR_EMAIL=AUTHOR_EMAIL,
+        GIT_AUTHOR_DATE=MODULE_DATE,
+        GIT_COMMITTER_NAME=AUTHOR_NAME,
+        GIT_COMMITTER_EMAIL=AUTHOR_EMAIL,
+        GIT_COMMITTER_DATE=MODULE_DATE,
+        LC_ALL="C",
+        TZ="UTC",
+    )
+    return env
+
+
+def _git(repo: Path, env: dict[str, str], *args: str) -> str:
+    out = subprocess.run(
+        ["git", "-C", str(repo), "-c", "core.abbrev=7", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if out.returncode != 0:
+        raise ExportError(f"error: git {args[0]} failed: {' '.join(out.stderr.split())}")
+    return out.stdout
+
+
+def module_patches(src: Path, work: Path) -> list[tuple[str, str]]:
+    """``(name without number, text)`` of one ``git format-patch`` file per module of ``src``."""
+    repo = work / "modules"
+    repo.mkdir()
+    env = _git_env(work)
+    _git(repo, env, "init", "-q")
+    _git(repo, env, "commit", "-q", "--allow-empty", "-m", "base")
+    modules = lk_fork_backend.own_modules(src)
+    for rel in modules:
+        target = repo / PLUGIN_DIR / Path(*rel.parts)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(src.joinpath(*rel.parts).read_bytes())
+        _git(repo, env, "add", "--", str(target.relative_to(repo)))
+        _git(repo, env, "commit", "-q", "-m", module_message(rel, src.joinpath(*rel.parts)))
+    out = work / "format-patch"
+    listing = _git(
+        repo,
+        env,
+        "format-patch",
+        "--zero-commit",
+        "--no-signature",
+        "--no-numbered",
+        "--no-thread",
+        "--stat=72",
+        "-o",
+        str(out),
+        "HEAD~" + str(len(modules)),
+    )
+    files = [Path(line) for line in listing.splitlines() if line.strip()]
+    if len(files) != len(modules):
+        raise ExportError(
+            f"error: format-patch wrote {len(files)} files for {len(modules)} modules"
+        )
+    return [(_NUMBER_RE.sub("", f.name), f.read_text(encoding="utf-8")) for f in files]
+
+
+def edit_patch(name: str) -> tuple[str, str]:
+    """``(name without number, text)`` of a patch of ``patches/``, its subject without N/M."""
+    text = (PATCHES / name).read_text(encoding="utf-8")
+    if not _SUBJECT_RE.search(text):
+        raise ExportError(f"error: patches/{name} has no 'Subject: [PATCH...]' header")
+    return _NUMBER_RE.sub("", name), _SUBJECT_RE.sub("Subject: [PATCH] ", text, count=1)
+
+
+def build_series(patches_dir: Path = PATCHES, src: Path = SRC) -> list[tuple[str, str]]:
+    """The complete series in order, as ``(file name, text)``.
+
+    Raises:
+        ExportError: the series or a module cannot be read, or git failed.
+    """
+    try:
+        names = lk_fork_patch.read_series(patches_dir)
+    except lk_fork_patch.PatchError as e:
+        raise ExportError(str(e)) from None
+    edits = [edit_patch(n) for n in names]
+    with tempfile.TemporaryDirectory(prefix="lk-fork-series-") as tmp:
+        modules = module_patches(src, Path(tmp))
+    ordered = edits[:MODULES_AFTER] + modules + edits[MODULES_AFTER:]
+    return [(f"{i:04d}-{stem}", text) for i, (stem, text) in enumerate(ordered, start=1)]
+
+
+def export(outdir: Path, patches_dir: Path = PATCHES, src: Path = SRC) -> Exported:
+    """Write the series into ``outdir``; only files whose content changed are rewritten.
+
+    ``outdir`` may hold only an earlier export (``series`` and ``*.patch``): patches no longer in
+    the series are removed, anything else there is refused.
+
+    Raises:
+        ExportError: as :func:`build_series`, or ``outdir`` holds other files.
+    """
+    outdir.mkdir(parents=True, exist_ok=True)
+    foreign = sorted(
+        p.name for p in outdir.iterdir() if p.name != "series" and not p.name.endswith(".patch")
+    )
+    if foreign:
+        raise ExportError(f"error: {outdir} holds more than a series: {', '.join(foreign)}")
+    series = build_series(patches_dir, src)
+    files = [*series, ("series", SERIES_HEADER + "".join(f"{n}\n" for n, _ in series))]
+    written, unchanged = [], []
+    for name, text in files:
+        path = outdir / name
+        data = text.encode("utf-8")
+        if path.is_file() and path.read_bytes() == data:
+            unchanged.append(name)
+            continue
+        path.write_bytes(data)
+        written.append(name)
+    keep = {n for n, _ in files}
+    removed = sorted(p.name for p in outdir.glob("*.patch") if p.name not in keep)
+    for name in removed:
+        (outdir / name).unlink()
+    return Exported([n for n, _ in series], written, unchanged, removed)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 1 or args[0].startswith("-"):
+        print("usage: export_series.py OUTDIR", file=sys.stderr)
+        return 2
+    outdir = Path(args[0]).resolve()
+    try:
+        done = export(outdir)
+    except ExportError as e:
+        print(str(e), file=sys.stderr)
+        return 1
+    print(
+        f"series: {len(done.names)} patches in {outdir}; rewrote {len(done.written)}"
+        + (f" ({', '.join(done.written)})" if done.written else "")
+        + f", unchanged {len(done.unchanged)}"
+        + (f", removed {', '.join(done.removed)}" if done.removed else "")
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
