@@ -1,13 +1,16 @@
-"""Stateful property test of the beta realtime chat context sync.
+"""Stateful property test of the realtime chat context sync, both protocols.
 
-A hypothesis ``RuleBasedStateMachine`` drives ONE real ``RealtimeSessionBeta``
-(``make_model(server).session()``) against the strict fake Azure server, on an asyncio loop the
+A hypothesis ``RuleBasedStateMachine`` drives ONE real session (``RealtimeSessionBeta`` on
+preview, ``RealtimeSession`` on GA: ``make_model(server).session()``) against the strict fake
+Azure server, on an asyncio loop the
 machine owns (hypothesis state machines are synchronous). Its rules are what an agent session
 does to the realtime conversation:
 
 * local edits followed by ``update_chat_ctx``: add a user/assistant/system/developer message
   (anywhere, sometimes with an id over 32 characters), remove an item, edit a message text or a
-  function call's arguments/output, move a message, add a function call and its output, an
+  function call's arguments/output, move a message (client-made or a known reply), move a
+  known reply, move a client message just before a known reply, add a function call and its
+  output, an
   "agent switch" (``AgentHandoff`` + ``AgentConfigUpdate`` + instructions message + a system
   message, the user's report), two ``update_chat_ctx`` calls at once, a sync of an unchanged
   context (sends nothing);
@@ -21,28 +24,41 @@ does to the realtime conversation:
   ``ChatMessage(role="user", content=[transcript], id=item_id)``; a function call the session
   forwards is appended, its output is synced on top of ``session.chat_ctx`` and then appended;
   the assistant message with the forwarded text and the message id is appended when the
-  generation is over. User turns come with a transcript, a late transcript, or none; replies are
-  text, audio, function calls or several of them;
+  generation is over. User turns come with a transcript, a late transcript, an empty one
+  (``""``: noise; the local message is ``[""]`` or ``[]``), or none; replies are text, audio,
+  function calls or several of them;
+* ``generate_reply()`` while a sync of up to 200 items is in flight;
 * a user turn whose transcript is still pending while the local side syncs, and one whose
   transcript arrives after a sync was called and before it planned (kept by that sync);
 * an interrupted audio reply: ``session.truncate(..., audio_transcript=heard)`` as AgentActivity
   does it, the local context then holding the heard text: the mirror holds it, the next sync
   sends nothing, a reconnect replays it;
 * injected rejections of a chosen create or delete (``ChatContextSyncError`` with the server's
-  code and the item id is expected, the rest of the sync lands, a retry converges);
+  code and the item id is expected, the rest of the sync lands, a retry converges); lost
+  answers: a create the service never answers, or answers with a ``server_error`` naming no
+  event (that sync raises ``ChatContextSyncError`` after the plugin's ``CHAT_CTX_SYNC_TIMEOUT``,
+  patched to ``LOST_TIMEOUT`` for the step; the retry of the same context succeeds);
 * dropped sockets (idle, in the middle of a sync) and the client's reconnect; syncs made while
   the connection is down (once the client saw the drop, and from ``session_reconnected``) wait
-  for the replay and send only what it lacks;
+  for the replay and send only what it lacks; a second drop while the replay is answered
+  (optionally after a user turn and a reply on the interrupted connection); a sync of
+  ``session.chat_ctx.copy()`` plus one new item during the replay (AgentActivity's path when a
+  tool returns) deletes nothing;
 * ``aclose()`` while a sync waits for answers or for a connection: the sync raises a
   ``RealtimeError`` within ``CLOSE_BOUND``, nothing stays pending; a new session is then opened
   on the same server and context and synced from scratch.
 
-The model of the server conversation (see ``Harness``): *server-made* items are what the
-server created itself on the current connection (user turns, reply messages, function calls)
-and not yet replaced by a client create; they are pinned in position. Their content is
-*unknown* until the transcript arrives (user turns) or the reply or call is done; a sync
-called before that counts it as unknown. Unknown items are kept whatever the local side does;
-known ones follow the local context for presence and (message) text, whitespace folded.
+The model of the server conversation (see ``Harness``), issue 14's order rule: *server-made*
+items are what the server created itself on the current connection (user turns, reply
+messages, function calls) and not yet re-created by the client. Their content is *unknown*
+until the transcript arrives (user turns) or the reply or call is done; a sync called before
+that counts it as unknown. User voice turns and unknown items keep their place on the service
+(a voice turn's local message is appended when its transcript arrives); every other local item
+the protocol can carry (known replies and calls included) stands on the service in the local
+relative order after a sync. Unknown items are kept whatever the local side does; known ones
+follow the local context for presence and (message) text, whitespace folded. An item replayed
+as text after a reconnect is an ordinary text item. An empty local message whose id the
+service holds is that item, untouched (a reconnect cannot replay it).
 
 Invariants, checked after every step once everything has settled (``check``):
 
@@ -51,14 +67,21 @@ Invariants, checked after every step once everything has settled (``check``):
    characters are ``"lk_" + blake2b(id, digest_size=14)``) with the same content: exact for
    client-made messages; whitespace-folded text for server-made ones; a call or an output
    holds the local content or a former one (upstream's diff never updates them in place);
-3. client-made items are in the local order (but for the ones the last sync replaced in place,
-   which the next sync moves); server-made ones are in their creation order, never re-created;
+3. the order rule: the service order of the ordered items (all local ones but voice turns and
+   unknown items) equals the local order; voice turns and unknown items keep their relative
+   order and are never re-created (a voice turn only for an edit of its text, after which it
+   keeps its place until a reconnect); after each settled sync an audio reply whose order
+   relative to every other ordered item did not change locally was not re-created (the
+   computable form of "audio replies are re-created only where re-creating others cannot
+   restore the order"); an empty local message's service item was neither deleted nor
+   re-created;
 4. the server holds nothing else than server-made items; every server-made item still exists;
    the known ones are held locally; deleted ones never come back. After a reconnect the
-   server-made items are plain client items (the replay created them) and the unknown ones are
-   lost, with a warning (``lost``);
+   server-made items are plain client items (the replay created them) and the unknown ones
+   (and the empty ones) are lost, with a warning (``lost``);
 5. the session mirror (``session.chat_ctx``) equals the server conversation, a truncated reply
-   holding the heard text;
+   holding the heard text; while a replay runs it holds, at every turn of the event loop, every
+   known item the service held before the drop (``watch_view``), but for items a sync deletes;
 6. the session's unanswered item events (``_item_events``) are none after every
    settled call, and no sync task is left; every call settles within ``BOUND`` seconds; the
    number of live tasks stays bounded and none is left once the session is closed.
@@ -71,12 +94,15 @@ Notes (the rule's consequences the model encodes):
   call is in the mirror when it plans) and deleted by the next one: ``trim`` drops such
   outputs from the local context, as the model cannot tell them apart otherwise.
 
-Budget: ``max_examples=10, stateful_step_count=25`` in the default suite; ``FORK_SOAK=1`` (``nox
--s soak``) runs 20 consecutive seeds with ``max_examples=5, stateful_step_count=40`` each and
-prints a line per seed and a total. The run is seeded: a failure prints
-``FORK_STATEFUL_SEED=<n>``; setting that variable replays it (and hypothesis'
-``@reproduce_failure`` blob is printed too). ``FORK_STATEFUL_SHRINK=0`` skips shrinking (a
-quick look at a failure). Each run prints how often each of the newer rules hit its target.
+Budget: one seed of ``max_examples=10, stateful_step_count=25`` per protocol in the default
+suite; ``FORK_SOAK=1`` (``python3 dev.py soak -- tests/test_stateful.py``) runs 50 consecutive
+seeds of one example of up to 80 steps each per protocol and prints a line per seed and a
+total. ``FORK_STATEFUL_SEEDS``, ``FORK_STATEFUL_EXAMPLES`` and ``FORK_STATEFUL_STEPS`` override
+either. The run is seeded: a failure prints ``FORK_STATEFUL_SEED=<n>``; setting that variable
+replays it (and hypothesis' ``@reproduce_failure`` blob is printed too).
+``FORK_STATEFUL_SHRINK=0`` skips shrinking (a quick look at a failure);
+``FORK_STATEFUL_SKIP=rule,...`` leaves rules out (``empty_transcript``: the empty transcripts).
+Each run prints how often each of the newer rules hit its target.
 """
 
 from __future__ import annotations
@@ -176,6 +202,12 @@ def norm_item(item: llm.ChatItem) -> Norm | None:
     if item.type == "function_call_output":
         return ("function_call_output", item.call_id, item.output)
     return None
+
+
+def has_text(item: llm.ChatItem) -> bool:
+    """Whether a local message holds any text (an empty one: ``[""]`` or ``[]``)."""
+    norm = norm_item(item)
+    return norm is not None and norm[0] == "message" and bool(norm[2])
 
 
 def expected_on_server(item: llm.ChatItem) -> Norm | None:
@@ -492,7 +524,7 @@ class Harness:
         return {
             wire_id(i.id)
             for i in ctx.items
-            if i.type == "message" and i.id != INSTRUCTIONS_ID and not norm_item(i)[2]  # type: ignore[index]
+            if i.type == "message" and i.id != INSTRUCTIONS_ID and not has_text(i)
         }
 
     def voice_turns(self) -> list[str]:
@@ -943,6 +975,7 @@ class Harness:
         new = [llm.ChatMessage(role="user", content=[t], id=self.new_id("lost")) for t in texts]
         self.local.items.extend(new)
         target = wire_id(new[victim % len(new)].id)
+
         def match(ev: JsonDict) -> bool:
             return (
                 ev.get("type") == "conversation.item.create"
@@ -978,7 +1011,9 @@ class Harness:
         as AgentActivity may call it): its ``response.create`` reaches the service after all of
         the sync's creates and deletes."""
         for k in range(count):
-            self.local.add_message(role="user", content=f"before the reply {k}", id=self.new_id("gr"))
+            self.local.add_message(
+                role="user", content=f"before the reply {k}", id=self.new_id("gr")
+            )
         received = len(self.server.received)
         self._script([TextReply("a reply after the sync")])
         sync = asyncio.create_task(self.sync(self.local, alone=False))
@@ -1039,7 +1074,9 @@ class Harness:
                     lambda conn, ev: (
                         conn == first
                         and ev.get("type") == "conversation.item.create"
-                        and sum(1 for t in self.server.received_types(first) if t.endswith("create"))
+                        and sum(
+                            1 for t in self.server.received_types(first) if t.endswith("create")
+                        )
                         > at % max(1, len(kept_ids))
                     )
                 )
@@ -1053,9 +1090,7 @@ class Harness:
                     BOUND,
                 )
                 self._script([TextReply(f"reply to {turn}")])
-                await asyncio.wait_for(
-                    self.server.user_audio_turn(turn, 0.0, respond=True), BOUND
-                )
+                await asyncio.wait_for(self.server.user_audio_turn(turn, 0.0, respond=True), BOUND)
                 replayed = self.server.received_types(first).count("conversation.item.create")
                 mid = replayed < len(kept_ids)
                 # no settle(): it would wait for the replay to be answered
@@ -1068,10 +1103,12 @@ class Harness:
                                 llm.ChatMessage(role="assistant", content=[text], id=message_id)
                             )
                 view = [
-                    i.id for i in self.session.chat_ctx.items if norm_item(i) and norm_item(i)[2]  # type: ignore[index]
+                    i.id for i in self.session.chat_ctx.items if has_text(i) or i.type != "message"
                 ]
                 await self.server.drop_connections(BOUND)
-                kept_ids = list(dict.fromkeys(kept_ids + [w for w in view if w in self.server_made]))
+                kept_ids = list(
+                    dict.fromkeys(kept_ids + [w for w in view if w in self.server_made])
+                )
                 self._on_drop(self.server.conversation)
                 await self.server.wait_connected(first + 2, timeout=BOUND)
             else:
@@ -1679,7 +1716,9 @@ WORD = st.text(alphabet="abcdefghijklmnopqrstuvwxyz ", min_size=1, max_size=16)
 INDEX = st.integers(min_value=0, max_value=10_000)
 ROLE = st.sampled_from(["user", "assistant", "system", "developer"])
 CODE = st.sampled_from(["server_error", "invalid_value", "rate_limit_exceeded"])
-TRANSCRIPT = st.one_of(st.none(), WORD, *([] if "empty_transcript" in SKIP_RULES else [st.just("")]))
+TRANSCRIPT = st.one_of(
+    st.none(), WORD, *([] if "empty_transcript" in SKIP_RULES else [st.just("")])
+)
 """none (never transcribed), words, or empty (noise: transcribed as ""; FORK_STATEFUL_SKIP
 naming ``empty_transcript`` leaves it out)"""
 DELAY = st.sampled_from([0.0, 0.0, 0.02, 0.08])
