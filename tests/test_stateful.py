@@ -96,8 +96,8 @@ Notes (the rule's consequences the model encodes):
 
 Budget: one seed of ``max_examples=10, stateful_step_count=25`` per protocol in the default
 suite; ``FORK_SOAK=1`` (``python3 dev.py soak -- tests/test_stateful.py``) runs 50 consecutive
-seeds of one example of up to 80 steps each per protocol and prints a line per seed and a
-total. ``FORK_STATEFUL_SEEDS``, ``FORK_STATEFUL_EXAMPLES`` and ``FORK_STATEFUL_STEPS`` override
+seeds of two examples (hypothesis' simplest one, then a random one) of up to 80 steps each per
+protocol and prints a line per seed and a total. ``FORK_STATEFUL_SEEDS``, ``FORK_STATEFUL_EXAMPLES`` and ``FORK_STATEFUL_STEPS`` override
 either. The run is seeded: a failure prints ``FORK_STATEFUL_SEED=<n>``; setting that variable
 replays it (and hypothesis' ``@reproduce_failure`` blob is printed too).
 ``FORK_STATEFUL_SHRINK=0`` skips shrinking (a quick look at a failure);
@@ -1997,7 +1997,9 @@ def _env_int(name: str, default: int) -> int:
 # run sizes: the default (CI) run, and the soak (FORK_SOAK=1, `python3 dev.py soak -- ...`);
 # FORK_STATEFUL_SEEDS / _EXAMPLES / _STEPS override either
 SEEDS = _env_int("FORK_STATEFUL_SEEDS", 50 if SOAK else 1)
-EXAMPLES = _env_int("FORK_STATEFUL_EXAMPLES", 1 if SOAK else 10)
+# hypothesis' first example of a seed is its simplest one (the first rule, minimal arguments):
+# a soak seed runs it and one random example
+EXAMPLES = _env_int("FORK_STATEFUL_EXAMPLES", 2 if SOAK else 10)
 STEPS = _env_int("FORK_STATEFUL_STEPS", 80 if SOAK else 25)
 
 
