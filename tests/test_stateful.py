@@ -2026,8 +2026,9 @@ def test_stateful_chat_ctx_sync(protocol: str) -> None:
                 label="stateful soak",
                 protocol=protocol,
             )
-        except Exception:
+        except Exception as e:
             failed.append(seed)
+            print(f"stateful soak [{protocol}]: seed={seed} failed: {str(e).splitlines()[0][:300]}")
         examples += STATS.examples
         steps += STATS.steps
         hits.update(STATS.hits)
