@@ -179,21 +179,31 @@ class ChatSyncIO:
                 ``CHAT_CTX_SYNC_TIMEOUT`` seconds, or they failed (connection or session closed).
         """
         if not batch.done:
-            done = asyncio.get_running_loop().create_future()
-            batch.on_done = lambda: _resolve(done)
-            answers = -1
-            while not batch.done and batch.answers != answers:
-                answers = batch.answers
+            loop = asyncio.get_running_loop()
+            done = loop.create_future()
+            last_answer = loop.time()
+
+            def _settled() -> None:
+                nonlocal last_answer
+                last_answer = loop.time()
+                if batch.done and not done.done():
+                    done.set_result(None)
+
+            batch.on_settle = _settled
+            while not batch.done:
+                idle = loop.time() - last_answer
+                if idle >= CHAT_CTX_SYNC_TIMEOUT:
+                    self.events.expire(
+                        batch,
+                        ChatContextSyncError(
+                            f"update_chat_ctx timed out: the realtime service answered none of "
+                            f"{batch.remaining} pending events for {CHAT_CTX_SYNC_TIMEOUT:g}s"
+                        ),
+                    )
+                    break
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(done), CHAT_CTX_SYNC_TIMEOUT)
-            if not batch.done:
-                self.events.expire(
-                    batch,
-                    ChatContextSyncError(
-                        f"update_chat_ctx timed out: the realtime service answered none of "
-                        f"{batch.remaining} pending events for {CHAT_CTX_SYNC_TIMEOUT:g}s"
-                    ),
-                )
+                    await asyncio.wait_for(asyncio.shield(done), CHAT_CTX_SYNC_TIMEOUT - idle)
+            batch.on_settle = None
         if (error := batch.error()) is not None:
             raise error
 
@@ -432,11 +442,6 @@ def decode_server_event(data: str) -> dict[str, Any] | None:
         )
         return None
     return event
-
-
-def _resolve(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
 
 
 def item_event_writer(
