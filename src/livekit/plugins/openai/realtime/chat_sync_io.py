@@ -78,6 +78,22 @@ class ChatSyncIO:
         self._sync_count = 0
         self.replies = ReplyRequests()
 
+    @classmethod
+    def of_session(
+        cls, session: Any, protocol: str, *, images: bool, wire: Callable[[Operation], Any]
+    ) -> ChatSyncIO:
+        """The runner of a realtime session of this plugin (either protocol): it queues on the
+        session's channel, shares the model's warned ids, and the session is closed once its
+        channel is or its main task ended."""
+        return cls(
+            protocol=protocol,
+            images=images,
+            warned=session._realtime_model._warned_item_ids,
+            queue_event=session._queue_event,
+            wire_event=wire,
+            closed=lambda: session._msg_ch.closed or session._main_atask.done(),
+        )
+
     @property
     def remote(self) -> RemoteConversation:
         """The view of the service's conversation (the session's ``chat_ctx``)."""
