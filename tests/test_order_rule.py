@@ -38,8 +38,8 @@ async def test_client_item_moved_before_a_known_reply_is_moved(
     """Service ``[k, R, c]``, local ``[k, c, R]``: the service ends as ``[k, c, R]``.
 
     R is a reply the service made (text; audio with its transcript done; or either, replayed as
-    text after a reconnect). Moving c suffices: the sync re-creates c only, and an audio reply
-    keeps its audio. Both protocols. (1.4.6 applies the order but re-creates R.)
+    text after a reconnect). One item is re-created; for an audio reply that is c, so that the
+    reply keeps its audio. Both protocols. (1.4.6 applies the order but re-creates R.)
     """
     async with beta_session(fake_azure) as (sess, _):
         await sync(sess, text_ctx(("k", "user", "first question")))
@@ -71,7 +71,12 @@ async def test_client_item_moved_before_a_known_reply_is_moved(
         await sync(sess, local("k", "c", "R"))
         assert error_codes(fake_azure) == []
         assert fake_azure.conversation_ids() == ["k", "c", r_id], "the local order was not applied"
-        assert touched_ids(sent_since(fake_azure, start)) == {"c"}
+        touched = touched_ids(sent_since(fake_azure, start))
+        if reply == "audio":
+            assert touched == {"c"}, "the audio reply was re-created where moving c suffices"
+        else:
+            # R is a text item like c: re-creating either one is the fewest (upstream's pick)
+            assert touched in ({"c"}, {r_id}), touched
         content_types = [part["type"] for part in fake_azure.conversation[2]["content"]]
         if reply == "audio":
             assert content_types == ["output_audio" if fake_azure.protocol == "ga" else "audio"], (

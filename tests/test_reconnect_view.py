@@ -27,9 +27,11 @@ from sync_helpers import (
     error_codes,
     ids,
     sync,
+    wait_replayed,
     wait_until,
 )
 
+from livekit import rtc
 from livekit.agents import llm
 
 REPLAYED = 200
@@ -215,3 +217,29 @@ async def test_turn_on_connection_dropped_mid_replay_kept_by_next_replay(
         view = ids(sess.chat_ctx.items)
         assert turn_id in view and reply_id in view
         assert error_codes(fake_azure) == []
+
+
+async def test_audio_pushed_during_a_reconnect_goes_out_after_the_replay(
+    fake_azure: FakeAzureRealtimeServer,
+) -> None:
+    """Input audio pushed while the connection is replaced reaches the new connection only after
+    every create of the replay: the service, which handles client events in order, cannot answer
+    it (server VAD) on a half-restored conversation. Both protocols."""
+    ctx = conversation_ctx(50)
+    async with beta_session(fake_azure) as (sess, _):
+        await sync(sess, ctx)
+        await fake_azure.drop_connections()
+        frame = rtc.AudioFrame(
+            data=b"\x00\x00" * 2400, sample_rate=24000, num_channels=1, samples_per_channel=2400
+        )
+        for _ in range(5):
+            sess.push_audio(frame)
+        await wait_replayed(fake_azure, 50)
+        await fake_azure.wait_for(
+            lambda: "input_audio_buffer.append" in fake_azure.received_types(1), timeout=2.0
+        )
+        types = fake_azure.received_types(1)
+        last_create = max(i for i, t in enumerate(types) if t == "conversation.item.create")
+        first_audio = types.index("input_audio_buffer.append")
+        assert types.count("conversation.item.create") == 50
+        assert first_audio > last_create, types[: last_create + 2]

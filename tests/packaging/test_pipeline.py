@@ -80,6 +80,12 @@ def _reference_tree(clone: Path, sdist: Path, dest: Path) -> Path:
     for name in names:
         # the monorepo's tests/ and root makefile are not part of the plugin sdist
         run(["git", "apply", "--exclude=tests/*", "--exclude=makefile", patches / name], cwd=repo)
+    # the fork's own modules are added whole from src/ (not patches)
+    src = clone / "src"
+    for module in sorted(src.rglob("*.py")) if src.is_dir() else []:
+        target = plugin / module.relative_to(src)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(module, target)
     return plugin / "livekit" / "plugins" / "openai"
 
 

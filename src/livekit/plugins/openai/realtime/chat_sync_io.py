@@ -78,6 +78,22 @@ class ChatSyncIO:
         self._sync_count = 0
         self.replies = ReplyRequests()
 
+    @classmethod
+    def of_session(
+        cls, session: Any, protocol: str, *, images: bool, wire: Callable[[Operation], Any]
+    ) -> ChatSyncIO:
+        """The runner of a realtime session of this plugin (either protocol): it queues on the
+        session's channel, shares the model's warned ids, and the session is closed once its
+        channel is or its main task ended."""
+        return cls(
+            protocol=protocol,
+            images=images,
+            warned=session._realtime_model._warned_item_ids,
+            queue_event=session._queue_event,
+            wire_event=wire,
+            closed=lambda: session._msg_ch.closed or session._main_atask.done(),
+        )
+
     @property
     def remote(self) -> RemoteConversation:
         """The view of the service's conversation (the session's ``chat_ctx``)."""
@@ -179,21 +195,31 @@ class ChatSyncIO:
                 ``CHAT_CTX_SYNC_TIMEOUT`` seconds, or they failed (connection or session closed).
         """
         if not batch.done:
-            done = asyncio.get_running_loop().create_future()
-            batch.on_done = lambda: _resolve(done)
-            answers = -1
-            while not batch.done and batch.answers != answers:
-                answers = batch.answers
+            loop = asyncio.get_running_loop()
+            done = loop.create_future()
+            last_answer = loop.time()
+
+            def _settled() -> None:
+                nonlocal last_answer
+                last_answer = loop.time()
+                if batch.done and not done.done():
+                    done.set_result(None)
+
+            batch.on_settle = _settled
+            while not batch.done:
+                idle = loop.time() - last_answer
+                if idle >= CHAT_CTX_SYNC_TIMEOUT:
+                    self.events.expire(
+                        batch,
+                        ChatContextSyncError(
+                            f"update_chat_ctx timed out: the realtime service answered none of "
+                            f"{batch.remaining} pending events for {CHAT_CTX_SYNC_TIMEOUT:g}s"
+                        ),
+                    )
+                    break
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(done), CHAT_CTX_SYNC_TIMEOUT)
-            if not batch.done:
-                self.events.expire(
-                    batch,
-                    ChatContextSyncError(
-                        f"update_chat_ctx timed out: the realtime service answered none of "
-                        f"{batch.remaining} pending events for {CHAT_CTX_SYNC_TIMEOUT:g}s"
-                    ),
-                )
+                    await asyncio.wait_for(asyncio.shield(done), CHAT_CTX_SYNC_TIMEOUT - idle)
+            batch.on_settle = None
         if (error := batch.error()) is not None:
             raise error
 
@@ -432,11 +458,6 @@ def decode_server_event(data: str) -> dict[str, Any] | None:
         )
         return None
     return event
-
-
-def _resolve(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
 
 
 def item_event_writer(

@@ -290,18 +290,30 @@ class ConversationState:
             existing.item, existing.held = sent.item, True
             existing.origin, existing.audio = "client", False
             return
-        try:
-            if sent is not None and sent.item is not None:
-                self.remote.add(sent.item, previous_item_id, origin=sent.origin)
-            elif (ended := self._ended_early.pop(item_id, None)) is not None:
-                item, audio = ended
-                self.remote.add(item, previous_item_id, origin="server", audio=audio)
-            else:
-                self.remote.add(server_item(), previous_item_id, origin="server", known=False)
-        except ValueError as e:
+        if item_id in self.remote:
             self.outcomes.append(
-                Outcome("unexpected", f"failed to insert item `{item_id}`: {e}", (item_id,))
+                Outcome("unexpected", f"the service reported item `{item_id}` twice", (item_id,))
             )
+            return
+        if previous_item_id is not None and previous_item_id not in self.remote:
+            # after an item whose confirmation was lost: the view keeps it, at the end
+            self.outcomes.append(
+                Outcome(
+                    "unexpected",
+                    f"item `{item_id}` follows `{previous_item_id}`, which the client does not "
+                    "know: it is placed last",
+                    (item_id,),
+                )
+            )
+            items = self.remote.items()
+            previous_item_id = items[-1].item.id if items else None
+        if sent is not None and sent.item is not None:
+            self.remote.add(sent.item, previous_item_id, origin=sent.origin)
+        elif (ended := self._ended_early.pop(item_id, None)) is not None:
+            item, audio = ended
+            self.remote.add(item, previous_item_id, origin="server", audio=audio)
+        else:
+            self.remote.add(server_item(), previous_item_id, origin="server", known=False)
 
     def item_deleted(self, item_id: str) -> None:
         """The service deleted an item."""

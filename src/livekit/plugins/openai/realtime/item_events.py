@@ -32,11 +32,9 @@ class Batch:
 
     remaining: int = 0
     size: int = 0
-    answers: int = 0
-    """how many of its events have been settled so far (the waiter's idle clock)"""
     errors: list[ChatContextSyncError] = field(default_factory=list)
-    on_done: Callable[[], None] | None = None
-    """called once, when the last event is settled"""
+    on_settle: Callable[[], None] | None = None
+    """called whenever one of its events is settled (the waiter's clock and wake-up)"""
 
     @property
     def done(self) -> bool:
@@ -177,7 +175,5 @@ class PendingItemEvents:
         if error is not None:
             batch.errors.append(error)
         batch.remaining -= 1
-        batch.answers += 1
-        if batch.remaining == 0 and batch.on_done is not None:
-            on_done, batch.on_done = batch.on_done, None
-            on_done()
+        if batch.on_settle is not None:
+            batch.on_settle()
