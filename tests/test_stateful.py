@@ -1093,7 +1093,12 @@ class Harness:
                 await asyncio.wait_for(self.server.user_audio_turn(turn, 0.0, respond=True), BOUND)
                 replayed = self.server.received_types(first).count("conversation.item.create")
                 mid = replayed < len(kept_ids)
-                # no settle(): it would wait for the replay to be answered
+                # no settle(): it would wait for the replay to be answered; the client reads the
+                # reply's events after the server sent them: wait for its generation to end
+                deadline = time.monotonic() + BOUND
+                while not (self.gen_tasks and all(t.done() for t in self.gen_tasks)):
+                    assert time.monotonic() < deadline, "the reply's generation never ended"
+                    await asyncio.sleep(0.002)
                 self._scan_server_made(done=True)
                 tasks, self.gen_tasks = self.gen_tasks, []
                 for gen in await asyncio.wait_for(asyncio.gather(*tasks), BOUND):
