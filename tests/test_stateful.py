@@ -1959,7 +1959,7 @@ def run_machine(
     )
     label = f"{label} [{protocol}]"
 
-    # shrinking a known failure (see KNOWN_LOSS) costs minutes: only in soak runs by default
+    # shrinking a failure costs minutes: only in soak runs by default
     shrink = shrink and os.environ.get("FORK_STATEFUL_SHRINK", "1" if SOAK else "0") != "0"
     phases = [Phase.explicit, Phase.reuse, Phase.generate] + ([Phase.shrink] if shrink else [])
     config = settings(
@@ -2009,14 +2009,6 @@ EXAMPLES = _env_int("FORK_STATEFUL_EXAMPLES", 2 if SOAK else 10)
 STEPS = _env_int("FORK_STATEFUL_STEPS", 80 if SOAK else 25)
 
 
-# open (issue 14): after drops, a local item the service made is missing on the service, e.g.
-# FORK_STATEFUL_SEED=1760766845 FORK_PROTOCOLS=preview; non-strict until fixed, so that CI shows it
-KNOWN_LOSS = pytest.mark.xfail(
-    strict=False, reason="issue 14 open: a server-made item lost after drops (seed 1760766845)"
-)
-
-
-@KNOWN_LOSS
 @pytest.mark.skipif(UNDER_TEST == "upstream", reason="property test of the fork's contract")
 @pytest.mark.parametrize("protocol", selected_protocols())
 def test_stateful_chat_ctx_sync(protocol: str) -> None:
