@@ -39,6 +39,11 @@ __all__ = [
 CHAT_CTX_SYNC_TIMEOUT = 5.0
 # client events that wait for the syncs asked for before them
 _ORDERED_EVENTS = ("response.create", "session.update")
+# connections a sync may be planned on before a drop fails it
+_SYNC_ATTEMPTS = 3
+# generate_reply gives up when the service has not created the response this long after the
+# request went out (upstream's timeout, counted from when it leaves the queue of held requests)
+GENERATE_REPLY_TIMEOUT = 5.0
 
 
 class ChatSyncIO:
@@ -108,23 +113,35 @@ class ChatSyncIO:
     async def update_chat_ctx(self, chat_ctx: llm.ChatContext) -> None:
         """Bring the service's conversation in line with ``chat_ctx`` (see ``chat_sync``).
 
+        A connection that drops before the service answered does not fail the sync: it is
+        planned again against the conversation the next connection replays.
+
         Raises:
             ChatContextSyncError: Two items of ``chat_ctx`` share an id (nothing is sent), the
                 service rejected part of the sync (what it accepted stays), it answered nothing
-                for 5 seconds, the connection closed first, or the session is closed.
+                for 5 seconds, the connection dropped on every attempt, or the session is closed.
         """
         ticket = self._open_sync()
         try:
             since = self.remote.revision  # what becomes known from now on, chat_ctx cannot hold
             async with self._lock:
-                await self._wait_ready()
-                items = await run_sliced(self.state.protocol_items_steps(chat_ctx))
-                self._log_outcomes()
-                plan = await run_sliced(self.state.plan_steps(items, since=since))
-                batch = await self._queue_plan(plan) if plan else None
-                self._close_sync(ticket)
-                if batch is not None:
-                    await self._wait(batch)
+                for attempt in range(1, _SYNC_ATTEMPTS + 1):
+                    await self._wait_ready()
+                    connection = self.state.connection
+                    items = await run_sliced(self.state.protocol_items_steps(chat_ctx))
+                    self._log_outcomes()
+                    plan = await run_sliced(self.state.plan_steps(items, since=since))
+                    batch = await self._queue_plan(plan) if plan else None
+                    self._close_sync(ticket)
+                    if batch is None:
+                        return
+                    try:
+                        await self._wait(batch)
+                        return
+                    except ChatContextSyncError:
+                        dropped = self.state.connection != connection and not self._closed()
+                        if not dropped or attempt == _SYNC_ATTEMPTS:
+                            raise
         finally:
             self._close_sync(ticket)
 
@@ -133,7 +150,15 @@ class ChatSyncIO:
         if self._open_syncs:
             self._held_back.append((self._sync_count, event))
         else:
-            self._queue_event(event)
+            self._release(event)
+
+    def _release(self, event: Any) -> None:
+        self._queue_event(event)
+        event_id = (
+            event.get("event_id") if isinstance(event, dict) else getattr(event, "event_id", None)
+        )
+        if event_id:
+            self.replies.start_timer(event_id)
 
     def queue(self, event: Any) -> None:
         """The session's ``send_event``: requests wait for earlier syncs, the rest goes at once."""
@@ -154,7 +179,7 @@ class ChatSyncIO:
         self._open_syncs.remove(ticket)
         oldest = self._open_syncs[0] if self._open_syncs else None
         while self._held_back and (oldest is None or self._held_back[0][0] < oldest):
-            self._queue_event(self._held_back.popleft()[1])
+            self._release(self._held_back.popleft()[1])
 
     async def _wait_ready(self) -> None:
         """Wait until syncs may use the connection (see ``ready``).
@@ -408,8 +433,19 @@ class ReplyRequests:
             self.futures[event_id] = fut
         return fut
 
-    def timed_out(self, event_id: str) -> None:
-        self._drop_unsent(event_id)
+    def start_timer(self, event_id: str) -> None:
+        """The request left the queue of held requests: its reply timeout runs from now."""
+        fut = self.futures.get(event_id)
+        if fut is None or fut.done():
+            return
+
+        def _on_timeout() -> None:
+            if not fut.done():
+                self._drop_unsent(event_id)
+                fut.set_exception(llm.RealtimeError("generate_reply timed out."))
+
+        handle = asyncio.get_running_loop().call_later(GENERATE_REPLY_TIMEOUT, _on_timeout)
+        fut.add_done_callback(lambda _: handle.cancel())
 
     def rejected(self, event_id: str, message: str) -> None:
         if (fut := self.futures.pop(event_id, None)) and not fut.done():

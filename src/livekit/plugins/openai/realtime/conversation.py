@@ -150,6 +150,15 @@ class ConversationState:
         plan = yield from plan_sync_steps(self.remote, items, since=since)
         for held in plan.held:
             self.remote.complete(held.id, held)
+        # replayed items the service never confirmed and the context no longer holds: gone
+        wanted = {item.id for item in items}
+        for r in self.remote.items():
+            if (
+                not r.held
+                and r.item.id not in wanted
+                and not self.events.pending("create", r.item.id)
+            ):
+                self.remote.remove(r.item.id)
         return plan
 
     def operations(self, plan: SyncPlan, batch: Batch) -> Iterator[Operation]:
@@ -290,6 +299,10 @@ class ConversationState:
             existing.item, existing.held = sent.item, True
             existing.origin, existing.audio = "client", False
             return
+        if existing is not None and not existing.held and self.replay is None:
+            # a replayed item that got no answer, created again by a sync: it stands where the
+            # service put it now
+            self.remote.remove(item_id)
         if item_id in self.remote:
             self.outcomes.append(
                 Outcome("unexpected", f"the service reported item `{item_id}` twice", (item_id,))

@@ -98,6 +98,10 @@ class PendingItemEvents:
     def get(self, event_id: str) -> ItemEvent | None:
         return self._by_event.get(event_id)
 
+    def pending(self, kind: Kind, item_id: str) -> bool:
+        """Whether an event of ``kind`` for ``item_id`` waits for its answer (expired or not)."""
+        return bool(self._by_item.get((kind, item_id)))
+
     def track(self, ev: ItemEvent) -> ItemEvent:
         """Track an event about to be sent; once closed, it fails at once."""
         if ev.batch is not None:
