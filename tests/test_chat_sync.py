@@ -162,9 +162,9 @@ class ModelService:
         for item_id in plan.deletes:
             self.delete(item_id)
         failed = []
-        for run in plan.runs:
-            for item in reversed(run.items):
-                if item.id == reject or not self.create(item, run.anchor):
+        for insertion in plan.insertions:
+            for item in reversed(insertion.items):
+                if item.id == reject or not self.create(item, insertion.anchor):
                     failed.append(item.id)
         return failed
 
@@ -221,16 +221,16 @@ def test_plan_brings_the_service_in_line(scenario: tuple[list[Spec], list[llm.Ch
         and i in by_local
         and _text(by_local[i]) == _text(before[i])  # edited: replaced, whatever its place
     ]
-    recreated = {item.id for run in plan.runs for item in run.items}
+    recreated = {item.id for insertion in plan.insertions for item in insertion.items}
     local_audio = [i for i in local_ids if i in set(audio)]
     assert len([i for i in audio if i not in recreated]) >= _longest_in_order(audio, local_audio)
 
     # anchors: held before the sync, but a call the sync creates, for the outputs of the calls
     # made with it and the items between them
-    created = {item.id: item for run in plan.runs for item in run.items}
-    for run in plan.runs:
-        if run.anchor is not None and run.anchor in created:
-            assert created[run.anchor].type == "function_call"
+    created = {item.id: item for insertion in plan.insertions for item in insertion.items}
+    for insertion in plan.insertions:
+        if insertion.anchor is not None and insertion.anchor in created:
+            assert created[insertion.anchor].type == "function_call"
 
     # planning again against the mirror as the service confirms it: nothing to send
     mirror = chat_sync.RemoteConversation(revision=remote.revision)
@@ -253,7 +253,7 @@ def test_plan_brings_the_service_in_line(scenario: tuple[list[Spec], list[llm.Ch
     # ...and the unknown items the sync took from the local context (known from then on)
     late_movable = {i for i in late | {h.id for h in plan.held} if by_id[i].kind != "message"}
     edited = {i for i in late if i in by_local and _text(by_local[i]) != _text(_item(by_id[i]))}
-    again_created = {item.id for run in again.runs for item in run.items}
+    again_created = {item.id for insertion in again.insertions for item in insertion.items}
     gone = (late - set(local_ids)) | edited
     assert edited <= again_created and gone <= set(again.deletes)
     if not late_movable:
@@ -286,14 +286,19 @@ def test_one_rejection_fails_no_other_create(
     specs, local = scenario
     remote, since = _mirror(specs)
     plan = chat_sync.plan_sync(remote, local, since=since)
-    creates = [item.id for run in plan.runs for item in run.items]
+    creates = [item.id for insertion in plan.insertions for item in insertion.items]
     if not creates:
         return
     rejected = data.draw(st.sampled_from(creates))
     failed = ModelService(remote).apply(plan, reject=rejected)
     # besides the rejected item, only runs hung on it can fail (it is a call: the outputs of the
     # calls made with it, and the items between them)
-    chained = {item.id for run in plan.runs if run.anchor == rejected for item in run.items}
+    chained = {
+        item.id
+        for insertion in plan.insertions
+        if insertion.anchor == rejected
+        for item in insertion.items
+    }
     assert set(failed) <= {rejected} | chained
     assert rejected in failed
 
@@ -305,9 +310,9 @@ def test_replay_recreates_every_known_item_in_order(
 ) -> None:
     specs, _ = scenario
     remote, _ = _mirror(specs)
-    runs, lost, empty = chat_sync.plan_replay(remote)
+    insertions, lost, empty = chat_sync.plan_replay(remote)
     service = ModelService(chat_sync.RemoteConversation())
-    assert service.apply(chat_sync.SyncPlan(runs=runs)) == []
+    assert service.apply(chat_sync.SyncPlan(insertions=insertions)) == []
     expected = [
         r.item.id
         for r in remote.items()
@@ -335,8 +340,8 @@ def test_truncated_reply_keeps_what_was_heard() -> None:
     # the reply's end arrives after the cut: the mirror keeps what the user heard
     remote.complete("a1", _msg("a1", "First part. Second part.", "assistant"))
     assert _text(remote.get("a1").item) == "First part."
-    runs, lost, empty = chat_sync.plan_replay(remote)
-    assert [_text(i) for run in runs for i in run.items] == ["First part."]
+    insertions, lost, empty = chat_sync.plan_replay(remote)
+    assert [_text(i) for insertion in insertions for i in insertion.items] == ["First part."]
     assert not lost and not empty
 
 
@@ -346,7 +351,7 @@ def test_new_items_land_after_a_pending_user_turn() -> None:
     remote.add(_msg("u1", ""), "k1", origin="server", known=False)  # transcript pending
     plan = chat_sync.plan_sync(remote, [_msg("k1", "hi", "system"), _msg("n1", "x")], since=0)
     assert plan.deletes == [] and plan.kept == ["u1"]
-    assert [(r.anchor, [i.id for i in r.items]) for r in plan.runs] == [("u1", ["n1"])]
+    assert [(r.anchor, [i.id for i in r.items]) for r in plan.insertions] == [("u1", ["n1"])]
 
 
 def test_runs_sharing_an_anchor_are_one_run() -> None:
@@ -363,7 +368,7 @@ def test_runs_sharing_an_anchor_are_one_run() -> None:
         _msg("k2", "b", "system"),
     ]
     plan = chat_sync.plan_sync(remote, local, since=remote.revision)
-    assert [(r.anchor, [i.id for i in r.items]) for r in plan.runs] == [("k1", ["N1", "N2"])]
+    assert [(r.anchor, [i.id for i in r.items]) for r in plan.insertions] == [("k1", ["N1", "N2"])]
 
 
 def test_skipped_items_are_warned_once() -> None:
@@ -399,7 +404,7 @@ def test_a_move_before_an_audio_reply_recreates_the_moved_item() -> None:
     local = [_msg("k", "a", "system"), _msg("c", "b", "system"), _msg("R", "hello", "assistant")]
     plan = chat_sync.plan_sync(remote, local, since=remote.revision)
     assert plan.deletes == ["c"]
-    assert [(r.anchor, [i.id for i in r.items]) for r in plan.runs] == [("k", ["c"])]
+    assert [(r.anchor, [i.id for i in r.items]) for r in plan.insertions] == [("k", ["c"])]
     service = ModelService(remote)
     assert service.apply(plan) == [] and service.ids() == ["k", "c", "R"]
 

@@ -77,7 +77,7 @@ def _image_message() -> llm.ChatContext:
     return ctx
 
 
-@pytest.mark.regression(fails_on=("1.4.6.post2",), passes_on=("1.4.6",))
+@pytest.mark.regression(fails_on=("1.4.6.post2:ga",), passes_on=("1.4.6:ga",))
 @pytest.mark.protocols("ga")
 async def test_user_image_sent_as_input_image_on_ga(fake_azure: FakeAzureRealtimeServer) -> None:
     """GA: a user message's image goes out as an ``input_image`` part next to its text."""

@@ -99,7 +99,7 @@ class StateAndService(RuleBasedStateMachine):
                 self.lost_answers.add(op.item.id)
                 continue
             if kind == "added":
-                self.state.item_added(op.item.id, detail, lambda: op.item)
+                self.state.item_added(op.item.id, detail, lambda item=op.item: item)
             elif kind == "deleted":
                 self.state.item_deleted(op.item_id)
             else:
@@ -147,13 +147,14 @@ class StateAndService(RuleBasedStateMachine):
                 k = data.draw(st.integers(0, len(local) - 1))
                 if local[k].type == "message":
                     local[k] = local[k].model_copy(update={"content": [f"edited {k}"]})
+        # what the sync must leave in place: voice turns and items unknown when it began
+        exempt = self.voice | {r.item.id for r in self.state.remote.items() if r.known_at is None}
         batch = self.sync(local)
         assert batch.done
         if not batch.errors:
-            self.check_local_order(local)
+            self.check_local_order(local, exempt)
 
-    def check_local_order(self, local: list[llm.ChatItem]) -> None:
-        exempt = self.voice | {r.item.id for r in self.state.remote.items() if r.known_at is None}
+    def check_local_order(self, local: list[llm.ChatItem], exempt: set[str]) -> None:
         wanted = [i.id for i in local if i.id not in exempt and _has_text(i)]
         held = self.service.ids()
         assert [i for i in held if i in set(wanted)] == wanted

@@ -1,32 +1,37 @@
 """What a realtime session must send so that the service's conversation matches a chat context.
 
-This module does no I/O. :class:`RemoteConversation` is the client's mirror of the service's
-conversation, fed with what the service reports; :func:`plan_sync` turns it and a local chat
-context into a :class:`SyncPlan` of deletes and creates; :func:`plan_replay` gives what a new
-connection must be sent again. The sessions build the protocol events, send them and feed the
-answers back into the mirror.
+This module does no I/O. :class:`RemoteConversation` is the client's view of the service's
+conversation, which ``conversation.ConversationState`` keeps; :func:`plan_sync` turns it and a
+local chat context into a :class:`SyncPlan` of deletes and creates; :func:`plan_replay` gives
+what a new connection must be sent again.
 
 The rule:
 
 - Only items the protocol can carry are sent (:func:`protocol_items`). The framework's
   bookkeeping (agent handoffs, config updates) and the agent instructions (sent as session
-  instructions) are left out. An empty or image-only message, an output for an unknown
-  function call or an unknown item type is skipped, with one warning per item id. An id longer
-  than the service accepts is mapped to a stable short one.
+  instructions) are left out. A message with nothing the protocol carries, an output for an
+  unknown function call or an unknown item type is skipped, with one warning per item id; but
+  an empty message whose id the service holds (a voice turn transcribed as "") is that item,
+  left as it is. An id longer than the service accepts, or that is not valid text, is mapped
+  to a stable short one.
 - An item the service made itself (user speech, a reply) whose content the client cannot know
   yet (a transcript pending or never coming, a reply not done) is kept: never deleted or
   re-created because the local context lacks it or holds it elsewhere. An item whose content
   became known after the sync began counts as unknown for that sync: the caller's context
   could not hold it.
-- Once its content is known (transcript delivered, reply done, or the local context held it),
-  a server-made item is an ordinary item: absent from the local context, it is deleted; with
-  its text changed, it is replaced by a text item at the same position (the only way the
-  protocol can change it). Holding it as its own transcript text, or at another position, is
-  not a change: its audio stays.
-- Every other item is diffed as ``llm.utils.compute_chat_ctx_diff`` does (same operations, same
-  kept subsequence), in O(n log n) time for unique ids.
+- A user voice turn whose transcript is known keeps its place too (its local message is
+  appended when the transcript arrives, so its local position says nothing): absent from the
+  local context it is deleted; with its text changed it is replaced by a text item at the same
+  position; held as its own transcript text it stays, audio and all.
+- Every other item stands on the service in the local relative order after the sync. The
+  items that stay are a common subsequence of the service's order and the local one: a spoken
+  reply of the service weighs more than all other items together (re-created, it would lose its
+  audio), then as few items as possible are re-created. Without a spoken reply to keep this is
+  the subsequence ``llm.utils.compute_chat_ctx_diff`` keeps, with its operations (and an edited
+  item is replaced, which upstream ignores), in O(n log n) time for unique ids.
+- A replayed item the service never confirmed counts as absent: the sync creates it again.
 - Creates are anchored only on items the service has confirmed. Consecutive new items form one
-  run, all inserted after the run's anchor, last item first, so that a rejected create never
+  run, all inserted after the insertion's anchor, last item first, so that a rejected create never
   makes another create of the same sync fail. The one exception is a function call output
   whose call is created by the same sync: the service wants the call first, so the output,
   and the new items between it and the last new call before it, are created after that call
@@ -50,7 +55,7 @@ __all__ = [
     "ChatContextSyncError",
     "RemoteConversation",
     "RemoteItem",
-    "Run",
+    "Insertion",
     "SyncPlan",
     "compute_chat_ctx_diff",
     "plan_replay",
@@ -136,7 +141,7 @@ def protocol_items(
     images: bool = False,
 ) -> tuple[list[llm.ChatItem], list[tuple[str, str]]]:
     """:func:`protocol_items_steps` at once."""
-    return _run(
+    return _drain(
         protocol_items_steps(chat_ctx, remote, warned=warned, protocol=protocol, images=images)
     )
 
@@ -496,7 +501,7 @@ def _lcs_table(old_ids: list[str], new_ids: list[str]) -> list[str]:
 
 
 @dataclass(frozen=True)
-class Run:
+class Insertion:
     """Items to create one after the other right after ``anchor`` (None: at the start)."""
 
     anchor: str | None
@@ -505,10 +510,10 @@ class Run:
 
 @dataclass
 class SyncPlan:
-    """The events of a sync: the deletes first, then the runs in order."""
+    """The events of a sync: the deletes first, then the insertions in order."""
 
     deletes: list[str] = field(default_factory=list)
-    runs: list[Run] = field(default_factory=list)
+    insertions: list[Insertion] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
     """server-made items of unknown content left as they are"""
     held: list[llm.ChatItem] = field(default_factory=list)
@@ -517,16 +522,16 @@ class SyncPlan:
     """server-made items re-created in place: they stay server-made (they do not move)"""
 
     def __bool__(self) -> bool:
-        return bool(self.deletes or self.runs)
+        return bool(self.deletes or self.insertions)
 
     @property
     def creates(self) -> int:
-        return sum(len(run.items) for run in self.runs)
+        return sum(len(insertion.items) for insertion in self.insertions)
 
 
 def plan_sync(remote: RemoteConversation, local: Sequence[llm.ChatItem], *, since: int) -> SyncPlan:
     """:func:`plan_sync_steps` at once."""
-    return _run(plan_sync_steps(remote, local, since=since))
+    return _drain(plan_sync_steps(remote, local, since=since))
 
 
 def plan_sync_steps(
@@ -593,15 +598,15 @@ def plan_sync_steps(
     order = yield from _target_order(skeleton, local, local_pos, fixed, new_ids)
     creates = {item_id: local[local_pos[item_id]] for item_id in new_ids}
     creates.update(replaced)
-    plan.runs = _runs(order, creates)
+    plan.insertions = _insertions(order, creates)
     return plan
 
 
-def plan_replay(remote: RemoteConversation) -> tuple[list[Run], list[str], list[str]]:
+def plan_replay(remote: RemoteConversation) -> tuple[list[Insertion], list[str], list[str]]:
     """What a new connection, which starts with an empty conversation, must be sent again.
 
     Returns:
-        The runs that re-create, in order, every item whose content is known (a replayed
+        The insertions that re-create, in order, every item whose content is known (a replayed
         conversation holds text where the old one held audio), the ids of the items that
         cannot be replayed because their content is unknown (audio whose transcript never
         arrived, a reply not done), and those that hold nothing to send (a voice turn
@@ -619,7 +624,7 @@ def plan_replay(remote: RemoteConversation) -> tuple[list[Run], list[str], list[
         else:
             order.append(r.item.id)
             creates[r.item.id] = r.item
-    return _runs(order, creates), lost, empty
+    return _insertions(order, creates), lost, empty
 
 
 def _is_voice_turn(r: RemoteItem) -> bool:
@@ -797,29 +802,29 @@ def _target_order(
     return out
 
 
-def _runs(order: Iterable[str], creates: dict[str, llm.ChatItem]) -> list[Run]:
-    """The runs that create the ids of ``order`` found in ``creates``, each where it stands.
+def _insertions(order: Iterable[str], creates: dict[str, llm.ChatItem]) -> list[Insertion]:
+    """The insertions that create the ids of ``order`` found in ``creates``, each where it stands.
 
     Consecutive new items are created after the item before them, which the service holds,
-    each run last item first, so no create depends on another. The service wants a function
+    each insertion last item first, so no create depends on another. The service wants a function
     call before its output: see :func:`_split` for new items that hold both.
     """
-    runs: list[Run] = []
+    insertions: list[Insertion] = []
     anchor: str | None = None
     new: list[llm.ChatItem] = []
     for item_id in order:
         item = creates.get(item_id)
         if item is None:
-            runs.extend(_split(anchor, new))
+            insertions.extend(_split(anchor, new))
             new = []
             anchor = item_id
         else:
             new.append(item)
-    runs.extend(_split(anchor, new))
-    return runs
+    insertions.extend(_split(anchor, new))
+    return insertions
 
 
-def _split(anchor: str | None, items: list[llm.ChatItem]) -> list[Run]:
+def _split(anchor: str | None, items: list[llm.ChatItem]) -> list[Insertion]:
     """Runs that insert ``items`` after ``anchor``, a function call before its outputs.
 
     The items after the last output of a new call go first, after ``anchor``; then the items up
@@ -837,22 +842,22 @@ def _split(anchor: str | None, items: list[llm.ChatItem]) -> list[Run]:
         elif item.type == "function_call_output" and item.call_id in call_at:
             last_output[i + 1] = i
             last_call[i + 1] = max(last_call[i], call_at[item.call_id])
-    first: list[Run] = []
-    then: list[Run] = []
+    first: list[Insertion] = []
+    then: list[Insertion] = []
     end = len(items)
     while end and last_output[end] >= 0:
         out, call = last_output[end], last_call[end]
         if out + 1 < end:
-            first.append(Run(anchor, tuple(items[out + 1 : end])))
-        then.append(Run(items[call].id, tuple(items[call + 1 : out + 1])))
+            first.append(Insertion(anchor, tuple(items[out + 1 : end])))
+        then.append(Insertion(items[call].id, tuple(items[call + 1 : out + 1])))
         end = call + 1
     if end:
-        first.append(Run(anchor, tuple(items[:end])))
+        first.append(Insertion(anchor, tuple(items[:end])))
     return first + then[::-1]
 
 
-def _run(steps: Steps[T]) -> T:
-    """Run a ``*_steps`` generator to its end, without pausing."""
+def _drain(steps: Steps[T]) -> T:
+    """Drive a ``*_steps`` generator to its end, without pausing."""
     while True:
         try:
             next(steps)

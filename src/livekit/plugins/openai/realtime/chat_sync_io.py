@@ -24,7 +24,7 @@ from ..log import logger
 from .chat_sync import ChatContextSyncError, RemoteConversation, SyncPlan
 from .conversation import ConversationState, CreateItem, Operation
 from .item_events import Batch, PendingItemEvents
-from .loop_slicer import LoopSlicer, run_sliced
+from .loop_slicer import LoopSlicer, drain_sliced
 
 __all__ = [
     "CHAT_CTX_SYNC_TIMEOUT",
@@ -128,9 +128,9 @@ class ChatSyncIO:
                 for attempt in range(1, _SYNC_ATTEMPTS + 1):
                     await self._wait_ready()
                     connection = self.state.connection
-                    items = await run_sliced(self.state.protocol_items_steps(chat_ctx))
+                    items = await drain_sliced(self.state.protocol_items_steps(chat_ctx))
                     self._log_outcomes()
-                    plan = await run_sliced(self.state.plan_steps(items, since=since))
+                    plan = await drain_sliced(self.state.plan_steps(items, since=since))
                     batch = await self._queue_plan(plan) if plan else None
                     self._close_sync(ticket)
                     if batch is None:
@@ -142,6 +142,8 @@ class ChatSyncIO:
                         dropped = self.state.connection != connection and not self._closed()
                         if not dropped or attempt == _SYNC_ATTEMPTS:
                             raise
+                    # requests asked for from now on wait for the sync's next attempt too
+                    ticket = self._open_sync()
         finally:
             self._close_sync(ticket)
 
@@ -153,6 +155,10 @@ class ChatSyncIO:
             self._release(event)
 
     def _release(self, event: Any) -> None:
+        if self._closed():
+            # held back while the session closed or its connection failed for good
+            self.replies.fail_all("the realtime session closed before the reply was created")
+            return
         self._queue_event(event)
         event_id = (
             event.get("event_id") if isinstance(event, dict) else getattr(event, "event_id", None)
@@ -270,7 +276,7 @@ class ChatSyncIO:
                 local = self.state.text_truncation(message_id, text)
                 if local is None:
                     return
-                plan = await run_sliced(self.state.plan_steps(local, since=self.remote.revision))
+                plan = await drain_sliced(self.state.plan_steps(local, since=self.remote.revision))
                 batch = await self._queue_plan(plan)
                 self._close_sync(ticket)
                 try:

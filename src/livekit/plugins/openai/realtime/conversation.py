@@ -153,17 +153,13 @@ class ConversationState:
         # replayed items the service never confirmed and the context no longer holds: gone
         wanted = {item.id for item in items}
         for r in self.remote.items():
-            if (
-                not r.held
-                and r.item.id not in wanted
-                and not self.events.pending("create", r.item.id)
-            ):
+            if not r.held and r.item.id not in wanted and not self.events.live("create", r.item.id):
                 self.remote.remove(r.item.id)
         return plan
 
     def operations(self, plan: SyncPlan, batch: Batch) -> Iterator[Operation]:
         """The operations of ``plan``, each tracked in ``batch``: deletes, then each run last
-        item first (each create goes right after the run's anchor)."""
+        item first (each create goes right after the insertion's anchor)."""
         return self._operations(plan, batch, replay=False)
 
     def _operations(self, plan: SyncPlan, batch: Batch, *, replay: bool) -> Iterator[Operation]:
@@ -171,9 +167,9 @@ class ConversationState:
             delete = DeleteItem(self._new_event_id("chat_ctx_delete_"), item_id)
             self.events.track(ItemEvent("delete", item_id, delete.event_id, batch=batch))
             yield delete
-        for run in plan.runs:
-            anchor = "root" if run.anchor is None else run.anchor
-            for item in reversed(run.items):
+        for insertion in plan.insertions:
+            anchor = "root" if insertion.anchor is None else insertion.anchor
+            for item in reversed(insertion.items):
                 create = CreateItem(self._new_event_id("chat_ctx_create_"), item, anchor)
                 origin: Literal["client", "server"] = (
                     "server" if item.id in plan.replaced else "client"
@@ -220,7 +216,7 @@ class ConversationState:
         Items that cannot be re-created leave the view (see ``outcomes``); the others stay in
         it, not held by the service until their create is confirmed.
         """
-        runs, lost, empty = plan_replay(self.remote)
+        insertions, lost, empty = plan_replay(self.remote)
         if lost:
             self.outcomes.append(
                 Outcome(
@@ -245,7 +241,7 @@ class ConversationState:
             r.held = False
         batch = Batch()
         self.replay = batch
-        return list(self._operations(SyncPlan(runs=runs), batch, replay=True)), batch
+        return list(self._operations(SyncPlan(insertions=insertions), batch, replay=True)), batch
 
     def replay_not_sent(self, batch: Batch) -> None:
         """Sending the replay failed: the next connection replays the view again."""
@@ -343,6 +339,8 @@ class ConversationState:
     ) -> bool | None:
         """An ``error`` event: None when it is about no item event, else whether a caller waits
         for it (then it gets the error; else the session reports it as any other error)."""
+        if event_id and self.events.taken_over(event_id) is not None:
+            return True  # the service held the item already: the sync got what it asked for
         if not event_id or (item_ev := self.events.get(event_id)) is None:
             return None
         awaited = item_ev.batch is not None

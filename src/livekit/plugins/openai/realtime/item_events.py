@@ -88,6 +88,8 @@ class PendingItemEvents:
         self._by_item: dict[tuple[Kind, str], deque[ItemEvent]] = {}
         self._cancelled: set[str] = set()
         self._closed: ChatContextSyncError | None = None
+        # live events settled by a confirmation an older expired event may have been owed
+        self._ambiguous: dict[str, ItemEvent] = {}
 
     def __len__(self) -> int:
         return len(self._by_event)
@@ -98,9 +100,9 @@ class PendingItemEvents:
     def get(self, event_id: str) -> ItemEvent | None:
         return self._by_event.get(event_id)
 
-    def pending(self, kind: Kind, item_id: str) -> bool:
-        """Whether an event of ``kind`` for ``item_id`` waits for its answer (expired or not)."""
-        return bool(self._by_item.get((kind, item_id)))
+    def live(self, kind: Kind, item_id: str) -> bool:
+        """Whether an event of ``kind`` for ``item_id`` that a caller waits for is pending."""
+        return any(not ev.expired for ev in self._by_item.get((kind, item_id), ()))
 
     def track(self, ev: ItemEvent) -> ItemEvent:
         """Track an event about to be sent; once closed, it fails at once."""
@@ -122,8 +124,22 @@ class PendingItemEvents:
         if not queue:
             return None
         ev = next((e for e in queue if not e.expired), queue[0])
+        if ev is not queue[0]:
+            # an older, expired event may be the one answered: should the service refuse ``ev``
+            # later, that refusal means it held the item already (see ``taken_over``)
+            self._ambiguous[ev.event_id] = queue[0]
         self._settle(ev, None)
         return ev
+
+    def taken_over(self, event_id: str) -> ItemEvent | None:
+        """A refusal of ``event_id``, which was settled as confirmed in place of an expired event
+        of the same item: the confirmation was the expired one's, and the item is held. Settles
+        and returns that expired event (None: ``event_id`` was not such an event)."""
+        older = self._ambiguous.pop(event_id, None)
+        if older is not None and self._by_event.get(older.event_id) is older:
+            self._settle(older, None)
+            return older
+        return None
 
     def rejected(self, event_id: str, error: ChatContextSyncError) -> ItemEvent | None:
         """The service refused the event ``event_id``, if it is pending."""
@@ -142,6 +158,8 @@ class PendingItemEvents:
                 if not ev.sent:
                     self._cancelled.add(ev.event_id)
                 self._settle(ev, error)
+        if batch is None:
+            self._ambiguous.clear()  # the events they were about are gone
 
     def expire(self, batch: Batch, error: ChatContextSyncError) -> None:
         """The caller of ``batch`` stopped waiting: its events fail for it, and stay tracked

@@ -7,7 +7,7 @@ import time
 from collections.abc import Generator
 from typing import TypeVar
 
-__all__ = ["LoopSlicer", "run_sliced"]
+__all__ = ["LoopSlicer", "drain_sliced"]
 
 T = TypeVar("T")
 
@@ -28,7 +28,7 @@ class LoopSlicer:
             self._start = time.perf_counter()
 
 
-async def run_sliced(steps: Generator[None, None, T]) -> T:
+async def drain_sliced(steps: Generator[None, None, T]) -> T:
     """Run a generator that yields where it may pause (``chat_sync``'s ``*_steps``), slicing it."""
     slicer = LoopSlicer()
     while True:
