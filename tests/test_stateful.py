@@ -681,8 +681,8 @@ class Harness:
         if same_conn:
             # a server-made item the client re-created is the client's from now on; a voice turn
             # replaced in place may be moved where the local context holds it by the next sync
-            for e in events:
-                wid = e["item"].get("id") if e["type"] == "conversation.item.create" else None
+            for sent in events:
+                wid = sent["item"].get("id") if sent["type"] == "conversation.item.create" else None
                 if wid in self.server_made:
                     if self.server_made.pop(wid) == "user" and wid in edited:
                         self.replaced_voice.add(wid)
@@ -1777,7 +1777,7 @@ class ChatCtxSyncMachine(RuleBasedStateMachine):
             raise
 
     def step(self, coro: Coroutine[Any, Any, None]) -> None:
-        if coro.__qualname__.rsplit(".", 1)[-1] in SKIP_RULES:
+        if getattr(coro, "__qualname__", "").rsplit(".", 1)[-1] in SKIP_RULES:
             coro.close()  # a rule left out of this run (FORK_STATEFUL_SKIP)
             return
         STATS.steps += 1
