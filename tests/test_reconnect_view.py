@@ -87,6 +87,24 @@ def _start_copy_sync(
         _on_replay_create(server, 1, lambda n: _start() if n == REPLAYED // 2 else None)
 
 
+async def _drop_during_copy_sync(
+    sess: Session, server: FakeAzureRealtimeServer, moment: str
+) -> None:
+    """Drop the connection, sync a copy of the view plus one item at ``moment`` (see
+    :func:`_start_copy_sync`), and wait until the service has answered the replay and the sync."""
+    syncs: list[asyncio.Task[None]] = []
+    _start_copy_sync(sess, server, moment, syncs)
+    server.create_delay = SLOW_CREATE_S
+    await server.drop_connections()
+    await wait_until(lambda: bool(syncs), timeout=5.0)
+    try:
+        await asyncio.wait_for(asyncio.shield(syncs[0]), 8.0)
+    finally:
+        await cancel_and_wait(syncs[0])
+    # the sync settled: the service has answered everything sent before its last create
+    await server.wait_for(lambda: creates_on(server, 1) >= REPLAYED + 1)
+
+
 @pytest.mark.regression(fails_on=("1.4.6.post2",), passes_on=("1.4.6",))
 @pytest.mark.parametrize("moment", ["session_reconnected", "mid_replay"])
 async def test_sync_of_view_copy_during_replay_deletes_nothing(
@@ -103,17 +121,7 @@ async def test_sync_of_view_copy_during_replay_deletes_nothing(
         await sync(sess, ctx)
         assert fake_azure.conversation_ids() == ids(ctx.items)
 
-        syncs: list[asyncio.Task[None]] = []
-        _start_copy_sync(sess, fake_azure, moment, syncs)
-        fake_azure.create_delay = SLOW_CREATE_S
-        await fake_azure.drop_connections()
-        await wait_until(lambda: bool(syncs), timeout=5.0)
-        try:
-            await asyncio.wait_for(asyncio.shield(syncs[0]), 8.0)
-        finally:
-            await cancel_and_wait(syncs[0])
-        # the sync settled: the service has answered everything sent before its last create
-        await fake_azure.wait_for(lambda: creates_on(fake_azure, 1) >= REPLAYED + 1)
+        await _drop_during_copy_sync(sess, fake_azure, moment)
 
         deleted = _deletes_on(fake_azure, 1)
         assert deleted == [], f"the sync deleted {len(deleted)} replayed items"
@@ -144,17 +152,8 @@ async def test_view_holds_replayed_items_throughout_the_replay(
             samples.append((moment, len(sess.chat_ctx.items)))
 
         _on_replay_create(fake_azure, 1, lambda n: _sample(f"replay create {n}"))
-        syncs: list[asyncio.Task[None]] = []
         sess.on("session_reconnected", lambda _: _sample("session_reconnected"))
-        _start_copy_sync(sess, fake_azure, "session_reconnected", syncs)
-        fake_azure.create_delay = SLOW_CREATE_S
-        await fake_azure.drop_connections()
-        await wait_until(lambda: bool(syncs), timeout=5.0)
-        try:
-            await asyncio.wait_for(asyncio.shield(syncs[0]), 8.0)
-        finally:
-            await cancel_and_wait(syncs[0])
-        await fake_azure.wait_for(lambda: creates_on(fake_azure, 1) >= REPLAYED + 1)
+        await _drop_during_copy_sync(sess, fake_azure, "session_reconnected")
 
         short = [(moment, n) for moment, n in samples if n < REPLAYED]
         assert len(samples) > REPLAYED
