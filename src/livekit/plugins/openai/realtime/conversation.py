@@ -120,6 +120,7 @@ class ConversationState:
         # replies and calls the service ended before it reported the item (GA may do so)
         self._ended_early: dict[str, tuple[llm.ChatItem, bool]] = {}
         self._closed = False
+        self._unconfirmed: set[str] = set()  # ids a replay re-creates, until held again
 
     @property
     def closed(self) -> bool:
@@ -151,10 +152,15 @@ class ConversationState:
         for held in plan.held:
             self.remote.complete(held.id, held)
         # replayed items the service never confirmed and the context no longer holds: gone
-        wanted = {item.id for item in items}
-        for r in self.remote.items():
-            if not r.held and r.item.id not in wanted and not self.events.live("create", r.item.id):
-                self.remote.remove(r.item.id)
+        if self._unconfirmed:
+            wanted = {item.id for item in items}
+            for item_id in list(self._unconfirmed):
+                r = self.remote.get(item_id)
+                if r is None or r.held:
+                    self._unconfirmed.discard(item_id)
+                elif item_id not in wanted and not self.events.live("create", item_id):
+                    self.remote.remove(item_id)
+                    self._unconfirmed.discard(item_id)
         return plan
 
     def operations(self, plan: SyncPlan, batch: Batch) -> Iterator[Operation]:
@@ -239,6 +245,7 @@ class ConversationState:
             self.remote.remove(item_id)
         for r in self.remote.items():
             r.held = False
+        self._unconfirmed = {r.item.id for r in self.remote.items()}
         batch = Batch()
         self.replay = batch
         return list(self._operations(SyncPlan(insertions=insertions), batch, replay=True)), batch
