@@ -118,9 +118,9 @@ class ChatContextSyncError(llm.RealtimeError):
 def wire_item_id(item_id: str) -> str:
     """The id the service knows a local item by: ``item_id``, or a stable digest of it when it is
     too long or is not valid Unicode text (a lone surrogate cannot be sent as JSON text)."""
-    raw = item_id.encode("utf-8", "surrogatepass")
     if len(item_id) <= MAX_ITEM_ID_LENGTH and not _has_surrogate(item_id):
         return item_id
+    raw = item_id.encode("utf-8", "surrogatepass")
     return "lk_" + hashlib.blake2b(raw, digest_size=14).hexdigest()
 
 
