@@ -284,3 +284,12 @@ async def voice_turn(
 def assistant_text_type(server: FakeAzureRealtimeServer) -> str:
     """The content type of assistant text on ``server``'s protocol."""
     return "output_text" if server.protocol == "ga" else "text"
+
+
+def assert_summary_under_short_id(server: FakeAzureRealtimeServer) -> None:
+    """The service holds ``sys_1``, the summary message under a short wire id, ``user_1``."""
+    conv = server.conversation
+    assert len(conv) == 3
+    assert conv[0]["id"] == "sys_1" and conv[2]["id"] == "user_1"
+    assert len(conv[1]["id"]) <= 32
+    assert conv[1]["content"] == [{"type": "input_text", "text": "summary of the previous agent"}]

@@ -11,6 +11,7 @@ import pytest
 from fake_azure import FakeAzureRealtimeServer
 from sync_helpers import (
     ChatContextSyncError,
+    assert_summary_under_short_id,
     beta_session,
     error_codes,
     sent_since,
@@ -43,13 +44,7 @@ async def test_long_id_with_lone_surrogate_synced_under_short_id(
         except ChatContextSyncError as e:  # the other accepted outcome, not the preferred one
             pytest.fail(f"the sync refused the item: {e}")
         assert error_codes(fake_azure) == []
-        conv = fake_azure.conversation
-        assert len(conv) == 3
-        assert conv[0]["id"] == "sys_1" and conv[2]["id"] == "user_1"
-        assert len(conv[1]["id"]) <= 32
-        assert conv[1]["content"] == [
-            {"type": "input_text", "text": "summary of the previous agent"}
-        ]
+        assert_summary_under_short_id(fake_azure)
 
         start = len(fake_azure.received)
         await sync(sess, ctx)

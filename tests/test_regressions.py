@@ -28,6 +28,7 @@ from sync_helpers import (
     UPSTREAM,
     AgentNote,
     Session,
+    assert_summary_under_short_id,
     audio_session_kwargs,
     beta_session,
     conversation_ctx,
@@ -136,13 +137,7 @@ async def test_long_item_id_synced_once(fake_azure: FakeAzureRealtimeServer) -> 
     async with beta_session(fake_azure) as (sess, _):
         elapsed = await sync(sess, ctx)
         assert error_codes(fake_azure) == []
-        conv = fake_azure.conversation
-        assert len(conv) == 3
-        assert conv[0]["id"] == "sys_1" and conv[2]["id"] == "user_1"
-        assert len(conv[1]["id"]) <= 32
-        assert conv[1]["content"] == [
-            {"type": "input_text", "text": "summary of the previous agent"}
-        ]
+        assert_summary_under_short_id(fake_azure)
         assert elapsed < FAST_S
 
         start = len(fake_azure.received)
