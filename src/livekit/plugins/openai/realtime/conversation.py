@@ -119,12 +119,7 @@ class ConversationState:
         self._text_truncates: dict[str, str] = {}  # text-only truncates of replies not done yet
         # replies and calls the service ended before it reported the item (GA may do so)
         self._ended_early: dict[str, tuple[llm.ChatItem, bool]] = {}
-        self._closed = False
         self._unconfirmed: set[str] = set()  # ids a replay re-creates, until held again
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
 
     # ------------------------------------------------------------------------------ syncs
 
@@ -274,7 +269,6 @@ class ConversationState:
 
     def close(self) -> None:
         """The session closes: every pending and later operation fails at once."""
-        self._closed = True
         self.events.close(
             ChatContextSyncError("the realtime session closed before the service answered")
         )

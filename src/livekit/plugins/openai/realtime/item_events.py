@@ -13,7 +13,7 @@ item is pending. The events of one ``update_chat_ctx`` (or of one replay) form a
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -93,9 +93,6 @@ class PendingItemEvents:
 
     def __len__(self) -> int:
         return len(self._by_event)
-
-    def __iter__(self) -> Iterator[ItemEvent]:
-        return iter(list(self._by_event.values()))
 
     def get(self, event_id: str) -> ItemEvent | None:
         return self._by_event.get(event_id)
