@@ -210,6 +210,8 @@ async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
 FORK_BEFORE = "1.4.6.post1"
 # the fork as landed before the conversation state machine (398142d, issue 14)
 LANDED = "1.4.6.post2"
+# the fork with the conversation state machine (7e98677): defects found after it name this version
+STATE_MACHINE = "1.4.6.post3"
 
 
 def fixed_in_later_version(version: str, reason: str | None = None) -> list[pytest.MarkDecorator]:
