@@ -115,6 +115,7 @@ import json
 import os
 import random
 import time
+import traceback
 from collections import Counter
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -1993,9 +1994,13 @@ def run_machine(
     started = time.monotonic()
     try:
         run_state_machine_as_test(seeded, settings=config)
-    except BaseException:
+    except BaseException as e:
         STATS.failures += 1
         print(f"\n{label}: FAILED; reproduce with FORK_STATEFUL_SEED={seed}")
+        # a flaky failure (it did not repeat on replay) carries the first run's errors
+        for cause in getattr(e, "exceptions", ()):
+            print(f"{label}: first run raised:")
+            traceback.print_exception(cause)
         raise
     finally:
         print(
