@@ -141,7 +141,7 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from sync_helpers import INSTRUCTIONS_ID, ChatContextSyncError, assistant_text_type
+from sync_helpers import INSTRUCTIONS_ID, ChatContextSyncError, assistant_text_type, creates_on
 
 from livekit.agents import llm
 
@@ -159,7 +159,7 @@ LOST_TIMEOUT = 0.3
 """The plugin's sync timeout while a lost-answer rule runs (patched, see ``sync_timeout``)."""
 TIMEOUT_MODULE = "livekit.plugins.openai.realtime.chat_sync_io"
 TIMEOUT_NAME = "CHAT_CTX_SYNC_TIMEOUT"
-PENDING_MAPS = ("_item_events",)  # the session's unanswered item events (len)
+PENDING_MAPS = ("_item_events",)  # a build without the state machine: its pending maps (len)
 
 T = TypeVar("T")
 Norm = tuple[Any, ...]
@@ -250,6 +250,8 @@ class Stats:
     failures: int = 0
     hits: Counter[str] = field(default_factory=Counter)
     """how often each rule did what it is there for (not a no-op for want of a target)"""
+    errors: list[str] = field(default_factory=list)
+    """the tracebacks the rules raised in this run, in order"""
 
 
 STATS = Stats()
@@ -489,7 +491,24 @@ class Harness:
         return item_id + "_" + "x" * 40 if long else item_id
 
     def pending_sizes(self) -> dict[str, int]:
-        return {name: len(getattr(self.session, name, {})) for name in PENDING_MAPS}
+        """The session's unanswered item events a caller still waits for (expired ones, kept
+        for a late answer, are not counted)."""
+        sync = getattr(self.session, "_chat_sync", None)
+        by_event = getattr(getattr(sync, "events", None), "_by_event", None)
+        if by_event is None:  # a build without the conversation state machine
+            return {name: len(getattr(self.session, name, {})) for name in PENDING_MAPS}
+        return {"item events": sum(1 for ev in by_event.values() if not ev.expired)}
+
+    def diagnosis(self) -> str:
+        """What the session waits for, for a failure message."""
+        sync = getattr(self.session, "_chat_sync", None)
+        by_event = getattr(getattr(sync, "events", None), "_by_event", {}) or {}
+        ready = getattr(sync, "ready", None)
+        expired = sum(1 for ev in by_event.values() if ev.expired)
+        return (
+            f"pending {self.pending_sizes()}, expired {expired}, "
+            f"ready={ready.is_set() if isinstance(ready, asyncio.Event) else None}"
+        )
 
     def assert_no_pending(self) -> None:
         sizes = self.pending_sizes()
@@ -662,9 +681,7 @@ class Harness:
         connections = self.server.connections
         err: Exception | None = None
         try:
-            await asyncio.wait_for(self.session.update_chat_ctx(ctx), bound)
-        except asyncio.TimeoutError:
-            raise AssertionError(f"update_chat_ctx did not settle within {bound}s") from None
+            await self.progressing(self.session.update_chat_ctx(ctx), bound, "update_chat_ctx")
         except ChatContextSyncError as e:
             err = e
         if alone:
@@ -1129,10 +1146,7 @@ class Harness:
             else:
                 # the one-shot drop fires on the chosen create of the replay (or not, if the
                 # replay was shorter)
-                deadline = time.monotonic() + BOUND
-                while self.server._drop_when is not None and not self.replay_done():
-                    assert time.monotonic() < deadline, "the replay was never answered"
-                    await asyncio.sleep(0.002)
+                await self.wait_replay(lambda: self.server._drop_when is None or self.replay_done())
                 mid = self.server._drop_when is None
                 self.server._drop_when = None
                 if mid:
@@ -1447,11 +1461,46 @@ class Harness:
     async def _await_reconnect(self, connections: int) -> None:
         await self.server.wait_connected(connections + 1, timeout=BOUND)
         # the replay is sent after the handshake: wait until the session has it answered
-        deadline = time.monotonic() + BOUND
-        while not self.replay_done():
-            assert time.monotonic() < deadline, "the replay was never answered"
-            await asyncio.sleep(0.005)
+        await self.wait_replay(lambda: self.replay_done())
         await self.settle()
+
+    def _traffic(self) -> int:
+        return len(self.server.received) + len(self.server.sent)
+
+    def _stuck(self, what: str, bound: float) -> AssertionError:
+        conn = self.server.connections - 1
+        return AssertionError(
+            f"{what}: no event either way for {bound}s (connection {conn}, "
+            f"{creates_on(self.server, conn)} creates received there, {self.diagnosis()})"
+        )
+
+    async def wait_replay(self, done: Any) -> None:
+        """Wait until ``done()``; fail once BOUND seconds pass with no event either way (a
+        stuck replay, not a slow one: a long replay on a loaded machine keeps moving)."""
+        traffic, deadline = self._traffic(), time.monotonic() + BOUND
+        while not done():
+            if self._traffic() != traffic:
+                traffic, deadline = self._traffic(), time.monotonic() + BOUND
+            if time.monotonic() >= deadline:
+                raise self._stuck("the replay was never answered", BOUND)
+            await asyncio.sleep(0.005)
+
+    async def progressing(self, call: Coroutine[Any, Any, T], bound: float, what: str) -> T:
+        """Await ``call``; fail (cancelling it) once ``bound`` seconds pass with no event
+        either way: a stuck call, not a slow one (a 1 000-item sync on a loaded machine, with
+        its garbage-collector pauses, keeps the traffic moving)."""
+        task = asyncio.ensure_future(call)
+        traffic, deadline = self._traffic(), time.monotonic() + bound
+        while not task.done():
+            await asyncio.wait({task}, timeout=0.01)
+            if self._traffic() != traffic:
+                traffic, deadline = self._traffic(), time.monotonic() + bound
+            elif not task.done() and time.monotonic() >= deadline:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+                raise self._stuck(f"{what} did not settle", bound)
+        return task.result()
 
     def replay_done(self) -> bool:
         """Whether the session has its replay answered (``ChatSyncIO.ready``; without it: the
@@ -1775,6 +1824,8 @@ class ChatCtxSyncMachine(RuleBasedStateMachine):
             return self.loop.run_until_complete(coro)
         except BaseException:
             self.failed = True
+            # kept for the report: hypothesis may replay the example without the error
+            STATS.errors.append(traceback.format_exc())
             raise
 
     def step(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -1991,16 +2042,16 @@ def run_machine(
     )
     STATS.examples = STATS.steps = STATS.failures = 0
     STATS.hits.clear()
+    STATS.errors.clear()
     started = time.monotonic()
     try:
         run_state_machine_as_test(seeded, settings=config)
     except BaseException as e:
         STATS.failures += 1
         print(f"\n{label}: FAILED; reproduce with FORK_STATEFUL_SEED={seed}")
-        # a flaky failure (it did not repeat on replay) carries the first run's errors
-        for cause in getattr(e, "exceptions", ()):
-            print(f"{label}: first run raised:")
-            traceback.print_exception(cause)
+        # a flaky failure (hypothesis' replay went otherwise) hides the first error: print it
+        if STATS.errors and "Flaky" in type(e).__name__:
+            print(f"{label}: the first failing run raised:\n{STATS.errors[0]}")
         raise
     finally:
         print(
