@@ -257,6 +257,15 @@ class Stats:
 STATS = Stats()
 
 
+async def _held_for(wait: Coroutine[Any, Any, Any], timeout: float) -> float:
+    """Await ``wait`` (which ends within ``timeout``); return how long past it the event loop
+    was held (a long callback of the plugin or the fake, or a garbage-collector pause): a wait
+    for progress does not count that time, since nothing else could run."""
+    started = time.monotonic()
+    await wait
+    return max(0.0, time.monotonic() - started - timeout)
+
+
 def fold(texts: Sequence[str]) -> str:
     """A text as the planner compares server-made items: whitespace runs folded."""
     return " ".join(" ".join(texts).split())
@@ -1475,24 +1484,24 @@ class Harness:
         )
 
     async def wait_replay(self, done: Any) -> None:
-        """Wait until ``done()``; fail once BOUND seconds pass with no event either way (a
-        stuck replay, not a slow one: a long replay on a loaded machine keeps moving)."""
+        """Wait until ``done()``; fail once BOUND seconds of free event loop pass with no event
+        either way (a stuck replay, not a slow one: a long replay keeps moving)."""
         traffic, deadline = self._traffic(), time.monotonic() + BOUND
         while not done():
             if self._traffic() != traffic:
                 traffic, deadline = self._traffic(), time.monotonic() + BOUND
             if time.monotonic() >= deadline:
                 raise self._stuck("the replay was never answered", BOUND)
-            await asyncio.sleep(0.005)
+            deadline += await _held_for(asyncio.sleep(0.005), 0.005)
 
     async def progressing(self, call: Coroutine[Any, Any, T], bound: float, what: str) -> T:
-        """Await ``call``; fail (cancelling it) once ``bound`` seconds pass with no event
-        either way: a stuck call, not a slow one (a 1 000-item sync on a loaded machine, with
-        its garbage-collector pauses, keeps the traffic moving)."""
+        """Await ``call``; fail (cancelling it) once ``bound`` seconds of free event loop pass
+        with no event either way: a stuck call, not a slow one (a 1 000-item sync on a loaded
+        machine, with its garbage-collector pauses, keeps the traffic moving)."""
         task = asyncio.ensure_future(call)
         traffic, deadline = self._traffic(), time.monotonic() + bound
         while not task.done():
-            await asyncio.wait({task}, timeout=0.01)
+            deadline += await _held_for(asyncio.wait({task}, timeout=0.01), 0.01)
             if self._traffic() != traffic:
                 traffic, deadline = self._traffic(), time.monotonic() + bound
             elif not task.done() and time.monotonic() >= deadline:
