@@ -117,7 +117,7 @@ import random
 import time
 import traceback
 from collections import Counter
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -464,7 +464,7 @@ class Harness:
         tasks, self.gen_tasks = self.gen_tasks, []
         if not tasks:
             return
-        gens = await asyncio.wait_for(asyncio.gather(*tasks), BOUND)
+        gens = await self.progressing(asyncio.gather(*tasks), BOUND, "the generations")
         for gen in gens:
             for fnc in gen.calls:
                 self.local.items.append(fnc.model_copy())
@@ -1049,14 +1049,14 @@ class Harness:
         self._script([TextReply("a reply after the sync")])
         sync = asyncio.create_task(self.sync(self.local, alone=False))
         try:
-            # one turn starts `sync`, whose wait_for starts update_chat_ctx in a task of its
+            # one turn starts `sync`, whose progressing() starts update_chat_ctx in a task of its
             # own: from the second on, update_chat_ctx was called (ran up to its first wait)
             for _ in range(1 + ticks):
                 await asyncio.sleep(0)
             mid = not sync.done()
             reply = asyncio.ensure_future(self.session.generate_reply())
-            err = await asyncio.wait_for(asyncio.shield(sync), BOUND)
-            await asyncio.wait_for(reply, BOUND)
+            err = await self.progressing(asyncio.shield(sync), BOUND, "the sync")
+            await self.progressing(reply, BOUND, "the reply")
         finally:
             sync.cancel()
         assert err is None, f"unexpected sync error: {err!r}"
@@ -1126,7 +1126,9 @@ class Harness:
                     BOUND,
                 )
                 self._script([TextReply(f"reply to {turn}")])
-                await asyncio.wait_for(self.server.user_audio_turn(turn, 0.0, respond=True), BOUND)
+                await self.progressing(
+                    self.server.user_audio_turn(turn, 0.0, respond=True), BOUND, "the user turn"
+                )
                 replayed = self.server.received_types(first).count("conversation.item.create")
                 mid = replayed < len(kept_ids)
                 # no settle(): it would wait for the replay to be answered; the client reads the
@@ -1137,7 +1139,7 @@ class Harness:
                     await asyncio.sleep(0.002)
                 self._scan_server_made(done=True)
                 tasks, self.gen_tasks = self.gen_tasks, []
-                for gen in await asyncio.wait_for(asyncio.gather(*tasks), BOUND):
+                for gen in await self.progressing(asyncio.gather(*tasks), BOUND, "the generations"):
                     for message_id, text in gen.messages:
                         if text:
                             self.local.items.append(
@@ -1199,7 +1201,7 @@ class Harness:
                         await asyncio.sleep(0.002)
                     _copy_sync()
                 await self.server.wait_for(lambda: bool(syncs), BOUND)
-                err = await asyncio.wait_for(asyncio.shield(syncs[0]), BOUND)
+                err = await self.progressing(asyncio.shield(syncs[0]), BOUND, "the copy sync")
             finally:
                 for task in syncs:
                     task.cancel()
@@ -1278,13 +1280,13 @@ class Harness:
     async def user_turn(self, transcript: str | None, delay: float, reply: Sequence[Reply]) -> None:
         self._script(reply)
         turn = self.server.user_audio_turn(transcript, delay, respond=bool(reply))
-        await asyncio.wait_for(turn, BOUND)
+        await self.progressing(turn, BOUND, "the turn")
         await self.settle()
         await self._apply_generations()
 
     async def assistant_reply(self, reply: Sequence[Reply]) -> None:
         self._script(reply)
-        await asyncio.wait_for(self.session.generate_reply(), BOUND)
+        await self.progressing(self.session.generate_reply(), BOUND, "generate_reply")
         await self.settle()
         await self._apply_generations()
 
@@ -1325,7 +1327,7 @@ class Harness:
                         ids,
                     )
         finally:
-            await asyncio.wait_for(turn, BOUND)
+            await self.progressing(turn, BOUND, "the turn")
         await self.settle()
 
     async def transcript_during_sync(self, transcript: str, texts: Sequence[str]) -> None:
@@ -1352,7 +1354,7 @@ class Harness:
                 "a turn whose transcript arrived during the sync was deleted"
             )
         finally:
-            await asyncio.wait_for(turn, BOUND)
+            await self.progressing(turn, BOUND, "the turn")
         await self.settle()
 
     async def truncate_reply(self, which: int, cut: int, end_ms: int) -> None:
@@ -1494,7 +1496,7 @@ class Harness:
                 raise self._stuck("the replay was never answered", BOUND)
             deadline += await _held_for(asyncio.sleep(0.005), 0.005)
 
-    async def progressing(self, call: Coroutine[Any, Any, T], bound: float, what: str) -> T:
+    async def progressing(self, call: Awaitable[T], bound: float, what: str) -> T:
         """Await ``call``; fail (cancelling it) once ``bound`` seconds of free event loop pass
         with no event either way: a stuck call, not a slow one (a 1 000-item sync on a loaded
         machine, with its garbage-collector pauses, keeps the traffic moving)."""
@@ -1550,7 +1552,7 @@ class Harness:
                 await self.server.drop_connections(BOUND)
                 self._on_drop(before)
             finally:
-                err = await asyncio.wait_for(task, BOUND)
+                err = await self.progressing(task, BOUND, "the sync")
             assert err is None or isinstance(err, ChatContextSyncError)
             await self._await_reconnect(connections)
             await self.sync_ok(self.local)
@@ -1587,7 +1589,7 @@ class Harness:
                 assert self.server.connections == connections, "reconnected too early"
                 syncs.append(asyncio.create_task(self.sync(self.local)))
             await self.server.wait_for(lambda: bool(syncs), BOUND)
-            err = await asyncio.wait_for(asyncio.shield(syncs[0]), BOUND)
+            err = await self.progressing(asyncio.shield(syncs[0]), BOUND, "the copy sync")
         finally:
             for task in syncs:
                 task.cancel()
