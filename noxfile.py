@@ -15,6 +15,9 @@ Sessions (``nox -l`` lists them):
 * ``patches``: the series applies exactly with our applier; the exported complete series
   (``series``) applies with ``git am``; both trees and the built wheel's ``livekit/`` are equal.
 * ``series``: write the complete backport series (``tools/export_series.py``) into OUTDIR.
+* ``patch_tree``, ``patch_export``: edit ``patches/`` as git commits in ``.work/agents``
+  (``tools/patch_queue.py``); ``patches`` checks that the committed files are what an export
+  of them writes.
 * ``bench``, ``soak``, ``demo``, ``upstream``: thin wrappers around scripts in tools/, tests/ and
   examples/.
 * ``live``: the opt-in live check on real Azure (tools/live_check.py); one skip line and exit 0
@@ -51,6 +54,7 @@ PATCHES = ROOT / "patches"
 PIN = PATCHES / "upstream.txt"
 TESTS = ROOT / "tests"
 TEST_REQUIREMENTS = TESTS / "requirements.txt"
+PATCH_QUEUE = ROOT / "tools" / "patch_queue.py"
 DIST = ROOT / ".nox" / "_dist"
 PATCHED = ROOT / ".nox" / "_patched"
 
@@ -76,6 +80,7 @@ import lk_fork_patch  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "tools"))
 import export_series  # noqa: E402
+import patch_queue  # noqa: E402
 
 
 def _uses_uv(session: nox.Session) -> bool:
@@ -623,6 +628,20 @@ def patches(session: nox.Session) -> None:
             f"{len(modules)} module(s) of src/ added"
         )
 
+        # the committed patches are what an export of them writes: an edit rewrites only its own
+        try:
+            patch_queue.make_tree(sdist, work / "queue")
+            drift = patch_queue.export(work / "queue", check=True)
+        except patch_queue.QueueError as e:
+            session.error(str(e))
+        if drift.changed or drift.added:
+            session.error(
+                "patches/ is not what `python3 dev.py patch_export` writes for it: "
+                f"{', '.join(drift.changed + drift.added)} (lay it out with `python3 dev.py "
+                "patch_tree -- --force`, then run `python3 dev.py patch_export`)"
+            )
+        session.log(f"patch_queue: all {len(drift.names)} patch(es) are what their export writes")
+
         try:
             exported = export_series.export(work / "series")
         except export_series.ExportError as e:
@@ -677,6 +696,19 @@ def patches(session: nox.Session) -> None:
                 f"differing files: {', '.join(differ)}"
             )
         session.log(f"{wheel.name}: livekit/ == the patched tree's on all {len(package)} files")
+
+
+@nox.session(venv_backend="none")
+def patch_tree(session: nox.Session) -> None:
+    """Lay patches/series out as git commits in .work/agents (``--force`` replaces it)."""
+    tree = [sys.executable, str(PATCH_QUEUE), "tree", "--sdist", str(upstream_sdist(session))]
+    session.run(*tree, *session.posargs, external=True)
+
+
+@nox.session(venv_backend="none")
+def patch_export(session: nox.Session) -> None:
+    """Write .work/agents' commits back into patches/ (``--check``: only report)."""
+    session.run(sys.executable, str(PATCH_QUEUE), "export", *session.posargs, external=True)
 
 
 @nox.session(venv_backend="none")

@@ -1,0 +1,117 @@
+"""The patch queue (``tools/patch_queue.py``): ``patches/`` laid out as git commits and back.
+
+Exporting an unchanged tree writes nothing; a one-line edit of one patch's commit rewrites only
+that patch; a new commit becomes a new patch at the end of the series; the ``makefile`` hunk of
+the test patch survives the round trip though the sdist has no ``makefile``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+REPO = Path(os.environ.get("FORK_REPO_ROOT", Path(__file__).resolve().parent.parent))
+SDIST = os.environ.get("FORK_UPSTREAM_SDIST", "")
+
+pytestmark = pytest.mark.skipif(
+    not SDIST or shutil.which("git") is None, reason="needs FORK_UPSTREAM_SDIST (nox) and git"
+)
+
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "t",
+    "GIT_AUTHOR_EMAIL": "t@localhost",
+    "GIT_COMMITTER_NAME": "t",
+    "GIT_COMMITTER_EMAIL": "t@localhost",
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_CONFIG_GLOBAL": os.devnull,
+}
+
+
+def _load(patches: Path) -> ModuleType:
+    """The tool, pointed at a copy of ``patches/`` (the repository's stays untouched)."""
+    spec = importlib.util.spec_from_file_location("patch_queue", REPO / "tools" / "patch_queue.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("patch_queue", module)
+    spec.loader.exec_module(module)
+    setattr(module, "PATCHES", patches)  # noqa: B010  (the module reads its global)
+    return module
+
+
+def _git(repo: Path, *args: str) -> str:
+    env = {**os.environ, **GIT_ENV, "HOME": str(repo)}
+    return subprocess.run(
+        ["git", "-C", str(repo), *args], env=env, check=True, capture_output=True, text=True
+    ).stdout
+
+
+@pytest.fixture
+def queue(tmp_path: Path) -> tuple[ModuleType, Path, Path]:
+    patches = tmp_path / "patches"
+    shutil.copytree(REPO / "patches", patches)
+    tool = _load(patches)
+    tree = tmp_path / "agents"
+    tool.make_tree(Path(SDIST), tree)
+    return tool, patches, tree
+
+
+def test_unchanged_tree_exports_the_committed_patches(
+    queue: tuple[ModuleType, Path, Path],
+) -> None:
+    tool, patches, tree = queue
+    before = {p.name: p.read_bytes() for p in patches.iterdir() if p.is_file()}
+    done = tool.export(tree, check=False)
+    assert (done.changed, done.added) == ([], [])
+    assert {p.name: p.read_bytes() for p in patches.iterdir() if p.is_file()} == before
+
+
+def test_one_line_edit_rewrites_only_its_patch(queue: tuple[ModuleType, Path, Path]) -> None:
+    tool, patches, tree = queue
+    names = tool.lk_fork_patch.read_series(patches)
+    # the first patch (the openai cap) edits pyproject.toml: change one of its added lines
+    pyproject = tree / tool.PLUGIN_DIR / "pyproject.toml"
+    text = pyproject.read_text(encoding="utf-8")
+    assert '"openai' in text
+    pyproject.write_text(text.replace('"openai', '"openai ', 1), encoding="utf-8")
+    first = _git(tree, "rev-list", "--reverse", "upstream..HEAD").split()[0]
+    _git(tree, "commit", "-qam", "fixup! " + _git(tree, "log", "-1", "--format=%s", first).strip())
+    _git(tree, "-c", "sequence.editor=:", "rebase", "-q", "-i", "--autosquash", "upstream")
+    done = tool.export(tree, check=True)
+    assert (done.changed, done.added) == ([names[0]], [])
+
+
+def test_new_commit_becomes_a_new_patch(queue: tuple[ModuleType, Path, Path]) -> None:
+    tool, patches, tree = queue
+    names = tool.lk_fork_patch.read_series(patches)
+    (tree / tool.PLUGIN_DIR / "NEWS.md").write_text("news\n", encoding="utf-8")
+    _git(tree, "add", "-A")
+    _git(tree, "commit", "-qm", "docs(openai): add a news file")
+    done = tool.export(tree, check=False)
+    added = f"{len(names) + 1:04d}-docs-openai-add-a-news-file.patch"
+    assert (done.changed, done.added) == ([], [added])
+    assert tool.lk_fork_patch.read_series(patches)[-1] == added
+    assert "+news" in (patches / added).read_text(encoding="utf-8")
+
+
+def test_makefile_preimage_puts_the_hunk_at_its_lines() -> None:
+    tool = _load(REPO / "patches")
+    section = (
+        "diff --git a/makefile b/makefile\n"
+        "index 1234567..89abcde 100644\n"
+        "--- a/makefile\n"
+        "+++ b/makefile\n"
+        "@@ -4,3 +4,4 @@ unit-tests:\n"
+        " \ta \\\n"
+        "-\tb \\\n"
+        "+\tb2 \\\n"
+        "+\tc \\\n"
+        " \td\n"
+    )
+    assert tool.makefile_preimage(section) == "\n\nunit-tests:\n\ta \\\n\tb \\\n\td\n"
