@@ -410,7 +410,7 @@ class CallbackMeter:
                 old = meter.longest.get(label, (0.0, 0.0))
                 meter.longest[label] = (max(old[0], wall), max(old[1], cpu))
 
-        asyncio.events.Handle._run = _run  # type: ignore[method-assign]
+        asyncio.events.Handle._run = _run  # type: ignore[method-assign,assignment]
 
     def start(self) -> None:
         self.longest = {}
@@ -521,7 +521,7 @@ class Client:
 
     @property
     def sync_io(self) -> Any:
-        return self.session._chat_sync  # type: ignore[attr-defined]
+        return self.session._chat_sync
 
     async def aclose(self) -> None:
         await self.session.aclose()
@@ -624,9 +624,7 @@ async def bench_e2e(server: ServerProcess, sizes: Sequence[int], repeats: int) -
                 row.paths["+1 message"].append(incremental)
                 ids = [item.id for item in ctx.items]
                 row.paths["replay after a drop"].append(await timed_replay(client, server, ids))
-                row.paths["burst of 1 000 server events"].append(
-                    await timed_burst(client, server)
-                )
+                row.paths["burst of 1 000 server events"].append(await timed_burst(client, server))
                 row.errors += (await server.call("stats"))["errors"][errors_before:]
             finally:
                 await client.aclose()
@@ -880,8 +878,7 @@ def _protocol_targets(
         path = max(worst, key=lambda p: worst[p])
         results.append(
             (
-                f"longest plugin callback < {TARGET_CALLBACK_MS:g} ms on every path, "
-                f"N={r.n:,}",
+                f"longest plugin callback < {TARGET_CALLBACK_MS:g} ms on every path, N={r.n:,}",
                 f"{fmt_ms(worst[path])} ({path})",
                 worst[path] < TARGET_CALLBACK_MS,
             )
