@@ -22,8 +22,12 @@ MAX_SLICE = 0.001
 
 
 class LoopSlicer:
-    """Yields to the event loop once the loop calling :meth:`tick` has run for ``budget``
+    """Yields to the event loop before the loop calling :meth:`tick` would run past ``budget``
     seconds since it last yielded (or since the slicer was made).
+
+    A slice ends when the next unit of work (the time between two ticks: one event read, one
+    event sent, one step of a plan), judged by the longest lately, would not fit in what is left
+    of the budget; so a slice stays within the budget instead of overrunning it by a unit.
 
     Args:
         budget: The slice, in seconds (default :data:`MAX_SLICE`); ``math.inf`` never yields.
@@ -31,12 +35,18 @@ class LoopSlicer:
 
     def __init__(self, budget: float | None = None) -> None:
         self.budget = MAX_SLICE if budget is None else budget
-        self._start = time.perf_counter()
+        self._start = self._last = time.perf_counter()
+        # the longest unit lately; capped, as the time between two ticks may include a wait
+        self._unit = 0.0
 
     async def tick(self) -> None:
-        if time.perf_counter() - self._start > self.budget:
+        now = time.perf_counter()
+        self._unit = max(self._unit, min(now - self._last, self.budget / 2))
+        if now - self._start + self._unit > self.budget:
             await asyncio.sleep(0)
-            self._start = time.perf_counter()
+            now = self._start = time.perf_counter()
+            self._unit /= 2  # forget an outlier slowly
+        self._last = now
 
 
 async def drain_sliced(steps: Generator[None, None, T], slicer: LoopSlicer | None = None) -> T:
