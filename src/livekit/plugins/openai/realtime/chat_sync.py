@@ -74,7 +74,11 @@ Origin = Literal["client", "server"]
 # that a caller can pause between them: the caller's time budget decides where it does
 STEP_ITEMS = 32
 
+# the ``*_steps`` generators do whole-list work (an index, a set) in chunks of this many items
+CHUNK_ITEMS = STEP_ITEMS * 8
+
 T = TypeVar("T")
+S = TypeVar("S")
 Steps = Generator[None, None, T]
 
 
@@ -497,17 +501,18 @@ def _lcs_steps(old_ids: list[str], new_ids: list[str]) -> Steps[list[str]]:
     at the earliest position where it can still precede that one, and so on. A common prefix is
     in every LCS, so it is taken as is. Repeated ids fall back to the table.
     """
-    old_index = {item_id: i for i, item_id in enumerate(old_ids)}
-    yield
-    if len(old_index) != len(old_ids) or len(set(new_ids)) != len(new_ids):
+    old_index = yield from _index_steps(old_ids)
+    if len(old_index) != len(old_ids) or len((yield from _set_steps(new_ids))) != len(new_ids):
         return _lcs_table(old_ids, new_ids)
     prefix = 0
     while prefix < min(len(old_ids), len(new_ids)) and old_ids[prefix] == new_ids[prefix]:
         prefix += 1
         if prefix % (STEP_ITEMS * 8) == 0:
             yield
-    seq = [old_index.get(item_id, -1) for item_id in new_ids]
-    yield
+    seq: list[int] = []
+    for chunk in _chunks(new_ids):
+        yield
+        seq.extend([old_index.get(item_id, -1) for item_id in chunk])
     # tails[k]: the smallest old position ending an increasing run of length k + 1 so far; along
     # a pile new positions grow and old positions shrink (stored negated for bisect)
     tails: list[int] = []
@@ -658,8 +663,7 @@ def plan_sync_steps(
             yield
         if r.origin == "server" and r.audio and not _edited(local[local_pos[r.item.id]], r):
             spoken.add(r.item.id)
-    kept = set((yield from _kept_subsequence(ordered, others, spoken)))
-    yield
+    kept = yield from _set_steps((yield from _kept_subsequence(ordered, others, spoken)))
     removed: set[str] = set()
     for n, r in enumerate(ordered, 1):
         if n % STEP_ITEMS == 0:
@@ -668,8 +672,17 @@ def plan_sync_steps(
             removed.add(r.item.id)
             plan.deletes.append(r.item.id)
     if removed:
-        skeleton = [item_id for item_id in skeleton if item_id not in removed]
-    replaced = {item_id: new for item_id, new in fixed.items() if new is not None}
+        remaining: list[str] = []
+        for skeleton_chunk in _chunks(skeleton):
+            yield
+            remaining.extend([item_id for item_id in skeleton_chunk if item_id not in removed])
+        skeleton = remaining
+    replaced: dict[str, llm.ChatItem] = {}
+    for n, (item_id, new) in enumerate(fixed.items(), 1):
+        if n % STEP_ITEMS == 0:
+            yield
+        if new is not None:
+            replaced[item_id] = new
     plan.replaced = set(replaced)
     for n, r in enumerate(ordered, 1):
         if n % STEP_ITEMS == 0:
@@ -683,7 +696,7 @@ def plan_sync_steps(
             yield
         if item.id not in kept:
             creates[item.id] = item
-    new_ids = set(creates)
+    new_ids = yield from _set_steps(list(creates))
     order = yield from _target_order(skeleton, local, local_pos, fixed, new_ids)
     creates.update(replaced)
     plan.insertions = yield from _insertions_steps(order, creates)
@@ -754,9 +767,14 @@ def _kept_subsequence(
     then the fewest items are re-created. Without an audio reply among them this is the same
     subsequence as ``llm.utils.compute_chat_ctx_diff`` keeps.
     """
-    old_ids = [r.item.id for r in ordered]
-    new_ids = [item.id for item in others]
-    yield
+    old_ids: list[str] = []
+    for chunk in _chunks(ordered):
+        yield
+        old_ids.extend([r.item.id for r in chunk])
+    new_ids: list[str] = []
+    for local_chunk in _chunks(others):
+        yield
+        new_ids.extend([item.id for item in local_chunk])
     if not spoken:
         return (yield from _lcs_steps(old_ids, new_ids))
     return (yield from _heaviest_common_subsequence(old_ids, new_ids, spoken))
@@ -770,8 +788,7 @@ def _heaviest_common_subsequence(
     The heaviest increasing subsequence of the old positions taken in new order, in
     O(n log n) with a Fenwick tree of prefix maxima over old positions.
     """
-    old_index = {item_id: i for i, item_id in enumerate(old_ids)}
-    yield
+    old_index = yield from _index_steps(old_ids)
     heavy_weight = len(new_ids) + 1
     size = len(old_ids)
     tree: list[tuple[int, int]] = [(0, -1)] * (size + 1)  # (weight, new position)
@@ -855,7 +872,7 @@ def _target_order(
     the kept items the local context does not hold (user turns whose transcript is pending:
     what is new came after them), unless it is at the very start. New items keep their order.
     """
-    pos = {item_id: k for k, item_id in enumerate(skeleton)}
+    pos = yield from _index_steps(skeleton)
     slots: dict[int, list[str]] = {}  # skeleton position -> new ids after it (-1: at the start)
     seen_fixed: list[int] = []  # sorted skeleton positions of fixed items met in local order
     group: list[tuple[bool, int | str]] = []  # since the last diffed item: (is_new, pos | id)
@@ -973,6 +990,31 @@ def _split(anchor: str | None, items: list[llm.ChatItem]) -> Steps[list[Insertio
     if end:
         first.append(Insertion(anchor, tuple(items[:end])))
     return first + then[::-1]
+
+
+def _chunks(seq: Sequence[S]) -> Iterator[Sequence[S]]:
+    """``seq`` in slices of :data:`CHUNK_ITEMS`: a ``*_steps`` generator yields after each."""
+    for start in range(0, len(seq), CHUNK_ITEMS):
+        yield seq[start : start + CHUNK_ITEMS]
+
+
+def _index_steps(ids: Sequence[str]) -> Steps[dict[str, int]]:
+    """``{id: position}`` of ``ids``, in steps (a repeated id keeps its last position)."""
+    index: dict[str, int] = {}
+    for start in range(0, len(ids), CHUNK_ITEMS):
+        yield
+        chunk = ids[start : start + CHUNK_ITEMS]
+        index.update(zip(chunk, range(start, start + len(chunk)), strict=True))
+    return index
+
+
+def _set_steps(values: Sequence[str]) -> Steps[set[str]]:
+    """``set(values)``, in steps."""
+    out: set[str] = set()
+    for chunk in _chunks(values):
+        yield
+        out.update(chunk)
+    return out
 
 
 def _drain(steps: Steps[T]) -> T:
