@@ -57,6 +57,7 @@ __all__ = [
     "RemoteItem",
     "Insertion",
     "SyncPlan",
+    "appended_sync_steps",
     "compute_chat_ctx_diff",
     "plan_replay",
     "plan_sync",
@@ -158,6 +159,7 @@ def protocol_items_steps(
     warned: set[str],
     protocol: str = "realtime",
     images: bool = False,
+    calls: set[str] | None = None,
 ) -> Steps[tuple[list[llm.ChatItem], list[tuple[str, str]]]]:
     """The items of ``chat_ctx`` the service should hold, in order, in the form it holds them.
 
@@ -172,6 +174,8 @@ def protocol_items_steps(
         warned: Ids already warned about; updated with the ids of this call's warnings.
         protocol: Names the protocol in warnings.
         images: Whether the protocol carries image content in user messages.
+        calls: When given, the call ids an output may answer besides those of ``chat_ctx``'s
+            own calls, instead of those :func:`_call_ids_steps` finds in ``remote``.
 
     Returns:
         The items, under their wire ids, and the skipped ones as ``(item id, why)`` (once per
@@ -222,7 +226,8 @@ def protocol_items_steps(
             out = _with_id(item, item_id)
         elif item.type == "function_call_output":
             if call_ids is None:
-                call_ids = yield from _call_ids_steps(ctx_items, remote)
+                call_ids = yield from _call_ids_steps(ctx_items, remote if calls is None else ())
+                call_ids |= calls or set()
             out = _with_id(item, item_id) if item.call_id in call_ids else None
             if out is None:
                 _skip(
@@ -249,7 +254,7 @@ def protocol_items_steps(
     return items, warnings
 
 
-def _call_ids_steps(items: list[llm.ChatItem], remote: RemoteConversation) -> Steps[set[str]]:
+def _call_ids_steps(items: list[llm.ChatItem], remote: Iterable[RemoteItem]) -> Steps[set[str]]:
     """The call ids an output may answer: the local calls, and the service's own calls whose
     arguments are not known yet."""
     call_ids: set[str] = set()
@@ -342,6 +347,8 @@ class RemoteConversation:
         self._head: RemoteItem | None = None
         self._tail: RemoteItem | None = None
         self.revision = revision
+        self.changes = 0
+        """grows with every change of the view (an item added, removed or replaced)"""
 
     def __len__(self) -> int:
         return len(self._state)
@@ -411,6 +418,7 @@ class RemoteConversation:
         else:
             self._head = node
         self._state[item.id] = node
+        self.changes += 1
 
     def remove(self, item_id: str) -> None:
         """Forget a deleted item.
@@ -421,6 +429,7 @@ class RemoteConversation:
         node = self._state.pop(item_id, None)
         if node is None:
             raise ValueError(f"item_id `{item_id}` not found")
+        self.changes += 1
         # the removed node keeps its own links: an iteration standing on it goes on from there
         if node._prev is not None:
             node._prev._next = node._next
@@ -441,6 +450,7 @@ class RemoteConversation:
                 item = item.model_copy(update={"content": [state.heard] if state.heard else []})
             state.item = item
         self.revision += 1
+        self.changes += 1
         state.known_at = self.revision
 
     def truncate(self, item_id: str, heard: str) -> None:
@@ -701,6 +711,71 @@ def plan_sync_steps(
     creates.update(replaced)
     plan.insertions = yield from _insertions_steps(order, creates)
     return plan
+
+
+def appended_sync_steps(
+    remote: RemoteConversation,
+    chat_ctx: llm.ChatContext,
+    *,
+    since: int,
+    warned: set[str],
+    protocol: str = "realtime",
+    images: bool = False,
+) -> Steps[tuple[list[llm.ChatItem], list[tuple[str, str]], SyncPlan] | None]:
+    """The common sync, planned from the new items only: ``chat_ctx`` holds the view as it is,
+    item for item, and then items the service does not hold.
+
+    The view must be settled: every item held, its content known before the sync began
+    (``since`` is ``remote.revision``). Then :func:`protocol_items_steps` keeps each item of the
+    view as it is and :func:`plan_sync_steps` keeps them all and creates the new items after the
+    last: this returns the same ``(new protocol items, warnings, plan)`` without reading the
+    whole history again but for one cheap pass comparing it by identity, or None when the
+    context or the view is not of that shape (the full plan decides then). Raises what
+    :func:`protocol_items_steps` raises.
+    """
+    if remote.revision != since or INSTRUCTIONS_MESSAGE_ID in remote:
+        return None
+    changes = remote.changes
+    ctx_items = chat_ctx.items
+    count = len(remote)
+    if len(ctx_items) < count:
+        return None
+    calls: set[str] = set()  # the view's calls, which its outputs and the new ones answer
+    node = remote._head
+    last: str | None = None
+    for k in range(count):
+        if k % CHUNK_ITEMS == 0:
+            yield
+            if remote.changes != changes:
+                return None  # the view changed meanwhile
+        assert node is not None
+        item = node.item
+        local = ctx_items[k]
+        if (local is not item and local != item) or not node.held or node.known_at is None:
+            return None
+        if item.type == "function_call":
+            calls.add(item.call_id)
+        elif item.type == "function_call_output" and item.call_id not in calls:
+            return None  # an output before its call, or without it: the full rule decides
+        last = item.id
+        node = node._next
+    new = ctx_items[count:]
+    for item in new:
+        if item.id in remote or wire_item_id(item.id) in remote:
+            return None  # an item of the view moved after the others
+    yield
+    if remote.changes != changes:
+        return None
+    items, warnings = yield from protocol_items_steps(
+        llm.ChatContext(items=list(new)),
+        remote,
+        warned=warned,
+        protocol=protocol,
+        images=images,
+        calls=calls,
+    )
+    plan = SyncPlan(insertions=(yield from _split(last, items)) if items else [])
+    return items, warnings, plan
 
 
 def plan_replay(remote: RemoteConversation) -> tuple[list[Insertion], list[str], list[str]]:

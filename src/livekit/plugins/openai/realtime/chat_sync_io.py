@@ -131,9 +131,8 @@ class ChatSyncIO:
                     # one budget for the whole sync: each slice of it, planning or queueing,
                     # yields to the event loop once it has run MAX_SLICE
                     slicer = LoopSlicer()
-                    items = await drain_sliced(self.state.protocol_items_steps(chat_ctx), slicer)
+                    plan = await drain_sliced(self.state.sync_steps(chat_ctx, since=since), slicer)
                     self._log_outcomes()
-                    plan = await drain_sliced(self.state.plan_steps(items, since=since), slicer)
                     batch = await self._queue_plan(plan, slicer) if plan else None
                     self._close_sync(ticket)
                     if batch is None:

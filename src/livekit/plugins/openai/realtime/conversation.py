@@ -36,6 +36,7 @@ from .chat_sync import (
     RemoteConversation,
     Steps,
     SyncPlan,
+    appended_sync_steps,
     plan_replay_steps,
     plan_sync_steps,
     protocol_items_steps,
@@ -133,11 +134,40 @@ class ConversationState:
         items, warnings = yield from protocol_items_steps(
             chat_ctx, self.remote, warned=self._warned, protocol=self.protocol, images=self.images
         )
+        self._skipped(warnings)
+        return items
+
+    def _skipped(self, warnings: list[tuple[str, str]]) -> None:
         for item_id, message in warnings:
             self.outcomes.append(Outcome("skipped", message, (item_id,)))
         if len(self._warned) > _MAX_WARNED_IDS:
             self._warned.clear()
-        return items
+
+    def sync_steps(self, chat_ctx: llm.ChatContext, *, since: int) -> Steps[SyncPlan]:
+        """Plan the sync of ``chat_ctx``: :meth:`protocol_items_steps` then :meth:`plan_steps`,
+        in steps. A context that holds the settled view as it is and new items after it (the
+        common sync: a message added) is planned from its new items alone, to the same plan
+        (see ``chat_sync.appended_sync_steps``).
+
+        Raises:
+            ChatContextSyncError: Two items map to the same id; nothing is to be sent.
+        """
+        fast = yield from appended_sync_steps(
+            self.remote,
+            chat_ctx,
+            since=since,
+            warned=self._warned,
+            protocol=self.protocol,
+            images=self.images,
+        )
+        if fast is None:
+            items = yield from self.protocol_items_steps(chat_ctx)
+            return (yield from self.plan_steps(items, since=since))
+        _, warnings, plan = fast
+        self._skipped(warnings)
+        # every item of the view is held: no replayed item is left unconfirmed
+        self._unconfirmed.clear()
+        return plan
 
     def plan_steps(self, items: list[llm.ChatItem], *, since: int) -> Steps[SyncPlan]:
         """Plan the sync of ``items`` (see ``chat_sync.plan_sync_steps``), in steps.
@@ -265,6 +295,7 @@ class ConversationState:
                 yield None
             r.held = False
             unconfirmed.add(r.item.id)
+        self.remote.changes += 1
         self._unconfirmed = unconfirmed
         yield from self._operations(SyncPlan(insertions=insertions), batch, replay=True)
 
@@ -318,6 +349,7 @@ class ConversationState:
         if sent is not None and sent.item is not None and existing is not None and sent.replay:
             existing.item, existing.held = sent.item, True
             existing.origin, existing.audio = "client", False
+            self.remote.changes += 1
             return
         if existing is not None and not existing.held and self.replay is None:
             # a replayed item that got no answer, created again by a sync: it stands where the
