@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-from collections.abc import Generator, Iterable, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
@@ -57,6 +57,7 @@ __all__ = [
     "RemoteItem",
     "Insertion",
     "SyncPlan",
+    "appended_sync_steps",
     "compute_chat_ctx_diff",
     "plan_replay",
     "plan_sync",
@@ -70,10 +71,15 @@ __all__ = [
 MAX_ITEM_ID_LENGTH = 32
 
 Origin = Literal["client", "server"]
-# the ``*_steps`` generators yield after this many items, so that a caller can pause between
-STEP_ITEMS = 256
+# the ``*_steps`` generators yield after this many items (a few microseconds of work each), so
+# that a caller can pause between them: the caller's time budget decides where it does
+STEP_ITEMS = 32
+
+# the ``*_steps`` generators do whole-list work (an index, a set) in chunks of this many items
+CHUNK_ITEMS = STEP_ITEMS * 8
 
 T = TypeVar("T")
+S = TypeVar("S")
 Steps = Generator[None, None, T]
 
 
@@ -153,6 +159,7 @@ def protocol_items_steps(
     warned: set[str],
     protocol: str = "realtime",
     images: bool = False,
+    calls: set[str] | None = None,
 ) -> Steps[tuple[list[llm.ChatItem], list[tuple[str, str]]]]:
     """The items of ``chat_ctx`` the service should hold, in order, in the form it holds them.
 
@@ -167,6 +174,8 @@ def protocol_items_steps(
         warned: Ids already warned about; updated with the ids of this call's warnings.
         protocol: Names the protocol in warnings.
         images: Whether the protocol carries image content in user messages.
+        calls: When given, the call ids an output may answer besides those of ``chat_ctx``'s
+            own calls, instead of those :func:`_call_ids_steps` finds in ``remote``.
 
     Returns:
         The items, under their wire ids, and the skipped ones as ``(item id, why)`` (once per
@@ -185,7 +194,8 @@ def protocol_items_steps(
             warned.add(item_id)
             warnings.append((item_id, message))
 
-    for n, item in enumerate(list(chat_ctx.items), 1):
+    ctx_items = list(chat_ctx.items)
+    for n, item in enumerate(ctx_items, 1):
         if n % STEP_ITEMS == 0:
             yield
         if item.type in ("agent_handoff", "agent_config_update"):
@@ -216,14 +226,8 @@ def protocol_items_steps(
             out = _with_id(item, item_id)
         elif item.type == "function_call_output":
             if call_ids is None:
-                call_ids = {i.call_id for i in chat_ctx.items if i.type == "function_call"}
-                call_ids.update(
-                    r.item.call_id
-                    for r in remote.items()
-                    if r.item.type == "function_call"
-                    and r.origin == "server"
-                    and r.known_at is None
-                )
+                call_ids = yield from _call_ids_steps(ctx_items, remote if calls is None else ())
+                call_ids |= calls or set()
             out = _with_id(item, item_id) if item.call_id in call_ids else None
             if out is None:
                 _skip(
@@ -248,6 +252,23 @@ def protocol_items_steps(
         seen.add(out.id)
         items.append(out)
     return items, warnings
+
+
+def _call_ids_steps(items: list[llm.ChatItem], remote: Iterable[RemoteItem]) -> Steps[set[str]]:
+    """The call ids an output may answer: the local calls, and the service's own calls whose
+    arguments are not known yet."""
+    call_ids: set[str] = set()
+    for n, item in enumerate(items, 1):
+        if n % STEP_ITEMS == 0:
+            yield
+        if item.type == "function_call":
+            call_ids.add(item.call_id)
+    for n, r in enumerate(remote, 1):
+        if n % STEP_ITEMS == 0:
+            yield
+        if r.item.type == "function_call" and r.origin == "server" and r.known_at is None:
+            call_ids.add(r.item.call_id)
+    return call_ids
 
 
 def _with_id(item: llm.ChatItem, item_id: str) -> llm.ChatItem:
@@ -309,6 +330,8 @@ class RemoteItem:
     """the service holds audio for it (a spoken reply): the client can only re-create it as text"""
     held: bool = True
     """the service on the current connection holds it; False while a replay re-creates it"""
+    _prev: RemoteItem | None = field(default=None, repr=False, compare=False)
+    _next: RemoteItem | None = field(default=None, repr=False, compare=False)
 
 
 class RemoteConversation:
@@ -319,9 +342,13 @@ class RemoteConversation:
     """
 
     def __init__(self, *, revision: int = 0) -> None:
-        self._order = llm.remote_chat_context.RemoteChatContext()
+        # the items by id, linked in the service's order
         self._state: dict[str, RemoteItem] = {}
+        self._head: RemoteItem | None = None
+        self._tail: RemoteItem | None = None
         self.revision = revision
+        self.changes = 0
+        """grows with every change of the view (an item added, removed or replaced)"""
 
     def __len__(self) -> int:
         return len(self._state)
@@ -329,15 +356,28 @@ class RemoteConversation:
     def __contains__(self, item_id: object) -> bool:
         return item_id in self._state
 
+    def __iter__(self) -> Iterator[RemoteItem]:
+        """The items in the service's order, read as the iteration goes: an iteration that
+        pauses sees an item removed meanwhile no more, and may miss one added meanwhile."""
+        node = self._head
+        while node is not None:
+            if self._state.get(node.item.id) is node:
+                yield node
+            node = node._next
+
     def get(self, item_id: str) -> RemoteItem | None:
         return self._state.get(item_id)
 
     def items(self) -> list[RemoteItem]:
         """The items in the service's order."""
-        return [self._state[i.id] for i in self._order.to_chat_ctx().items]
+        return list(self)
+
+    def last(self) -> RemoteItem | None:
+        """The last item in the service's order."""
+        return self._tail
 
     def to_chat_ctx(self) -> llm.ChatContext:
-        return self._order.to_chat_ctx()
+        return llm.ChatContext(items=[r.item for r in self])
 
     def add(
         self,
@@ -357,11 +397,28 @@ class RemoteConversation:
         Raises:
             ValueError: The id is there already, or ``previous_item_id`` is not.
         """
-        self._order.insert(previous_item_id, item)
+        if item.id in self._state:
+            raise ValueError(f"Item with ID {item.id} already exists.")
+        prev = None
+        if previous_item_id is not None:
+            prev = self._state.get(previous_item_id)
+            if prev is None:
+                raise ValueError(f"previous_item_id `{previous_item_id}` not found")
         if known and known_at is None:
             self.revision += 1
             known_at = self.revision
-        self._state[item.id] = RemoteItem(item, origin, known_at if known else None, audio=audio)
+        node = RemoteItem(item, origin, known_at if known else None, audio=audio)
+        node._prev, node._next = prev, (prev._next if prev is not None else self._head)
+        if node._next is not None:
+            node._next._prev = node
+        else:
+            self._tail = node
+        if prev is not None:
+            prev._next = node
+        else:
+            self._head = node
+        self._state[item.id] = node
+        self.changes += 1
 
     def remove(self, item_id: str) -> None:
         """Forget a deleted item.
@@ -369,8 +426,19 @@ class RemoteConversation:
         Raises:
             ValueError: The item is not there.
         """
-        self._order.delete(item_id)
-        del self._state[item_id]
+        node = self._state.pop(item_id, None)
+        if node is None:
+            raise ValueError(f"item_id `{item_id}` not found")
+        self.changes += 1
+        # the removed node keeps its own links: an iteration standing on it goes on from there
+        if node._prev is not None:
+            node._prev._next = node._next
+        else:
+            self._head = node._next
+        if node._next is not None:
+            node._next._prev = node._prev
+        else:
+            self._tail = node._prev
 
     def complete(self, item_id: str, item: llm.ChatItem | None = None) -> None:
         """Mark an item's content known, replacing it with ``item`` (same id) when given."""
@@ -380,10 +448,9 @@ class RemoteConversation:
         if item is not None:
             if state.heard is not None and item.type == "message":
                 item = item.model_copy(update={"content": [state.heard] if state.heard else []})
-            node = self._order.get(item_id)
-            assert node is not None
-            node.item = state.item = item
+            state.item = item
         self.revision += 1
+        self.changes += 1
         state.known_at = self.revision
 
     def truncate(self, item_id: str, heard: str) -> None:
@@ -431,6 +498,11 @@ def compute_chat_ctx_diff(old_ctx: llm.ChatContext, new_ctx: llm.ChatContext) ->
 
 
 def _lcs(old_ids: list[str], new_ids: list[str]) -> list[str]:
+    """:func:`_lcs_steps` at once."""
+    return _drain(_lcs_steps(old_ids, new_ids))
+
+
+def _lcs_steps(old_ids: list[str], new_ids: list[str]) -> Steps[list[str]]:
     """The longest common subsequence upstream's table-based backtrack picks.
 
     With unique ids it is the longest increasing subsequence of the old positions of the new
@@ -439,19 +511,26 @@ def _lcs(old_ids: list[str], new_ids: list[str]) -> list[str]:
     at the earliest position where it can still precede that one, and so on. A common prefix is
     in every LCS, so it is taken as is. Repeated ids fall back to the table.
     """
-    old_index = {item_id: i for i, item_id in enumerate(old_ids)}
-    if len(old_index) != len(old_ids) or len(set(new_ids)) != len(new_ids):
+    old_index = yield from _index_steps(old_ids)
+    if len(old_index) != len(old_ids) or len((yield from _set_steps(new_ids))) != len(new_ids):
         return _lcs_table(old_ids, new_ids)
     prefix = 0
     while prefix < min(len(old_ids), len(new_ids)) and old_ids[prefix] == new_ids[prefix]:
         prefix += 1
-    seq = [old_index.get(item_id, -1) for item_id in new_ids]
+        if prefix % (STEP_ITEMS * 8) == 0:
+            yield
+    seq: list[int] = []
+    for chunk in _chunks(new_ids):
+        yield
+        seq.extend([old_index.get(item_id, -1) for item_id in chunk])
     # tails[k]: the smallest old position ending an increasing run of length k + 1 so far; along
     # a pile new positions grow and old positions shrink (stored negated for bisect)
     tails: list[int] = []
     piles_pos: list[list[int]] = []
     piles_neg_old: list[list[int]] = []
     for pos in range(prefix, len(seq)):
+        if pos % STEP_ITEMS == 0:
+            yield
         old_pos = seq[pos]
         if old_pos < 0:
             continue  # not in old
@@ -467,6 +546,8 @@ def _lcs(old_ids: list[str], new_ids: list[str]) -> list[str]:
     out: list[str] = []
     bound = len(old_ids)
     for k in range(len(tails) - 1, -1, -1):
+        if k % STEP_ITEMS == 0:
+            yield
         pos = piles_pos[k][bisect.bisect_right(piles_neg_old[k], -bound)]
         out.append(new_ids[pos])
         bound = seq[pos]
@@ -547,14 +628,18 @@ def plan_sync_steps(
         local: Protocol items (see :func:`protocol_items`), unique ids.
         since: ``remote.revision`` when the sync began; content known later counts as unknown.
     """
-    local_pos = {item.id: j for j, item in enumerate(local)}
+    local_pos: dict[str, int] = {}
+    for k, item in enumerate(local):
+        if k % STEP_ITEMS == 0:
+            yield
+        local_pos[item.id] = k
     plan = SyncPlan()
     # items that keep their place (voice turns, unknown content): None, or the local item that
     # replaces a voice turn in place
     fixed: dict[str, llm.ChatItem | None] = {}
     ordered: list[RemoteItem] = []  # every other item: it follows the local order
     skeleton: list[str] = []  # the service's items that stay, in its order
-    for n, r in enumerate(remote.items(), 1):
+    for n, r in enumerate(remote, 1):
         if n % STEP_ITEMS == 0:
             yield
         if not r.held:
@@ -575,31 +660,122 @@ def plan_sync_steps(
             ordered.append(r)
         skeleton.append(item_id)
 
-    yield
-    others = [item for item in local if item.id not in fixed]
+    others: list[llm.ChatItem] = []
+    for n, item in enumerate(local, 1):
+        if n % STEP_ITEMS == 0:
+            yield
+        if item.id not in fixed:
+            others.append(item)
     # a spoken reply weighs only while it stays as it is (an edited one is re-created anyway)
-    spoken = {
-        r.item.id
-        for r in ordered
-        if r.origin == "server" and r.audio and not _edited(local[local_pos[r.item.id]], r)
-    }
-    kept = set(_kept_subsequence(ordered, others, spoken))
-    removed = {r.item.id for r in ordered if r.item.id not in kept}
-    plan.deletes.extend(r.item.id for r in ordered if r.item.id in removed)
-    skeleton = [item_id for item_id in skeleton if item_id not in removed]
-    replaced = {item_id: new for item_id, new in fixed.items() if new is not None}
+    spoken: set[str] = set()
+    for n, r in enumerate(ordered, 1):
+        if n % STEP_ITEMS == 0:
+            yield
+        if r.origin == "server" and r.audio and not _edited(local[local_pos[r.item.id]], r):
+            spoken.add(r.item.id)
+    kept = yield from _set_steps((yield from _kept_subsequence(ordered, others, spoken)))
+    removed: set[str] = set()
+    for n, r in enumerate(ordered, 1):
+        if n % STEP_ITEMS == 0:
+            yield
+        if r.item.id not in kept:
+            removed.add(r.item.id)
+            plan.deletes.append(r.item.id)
+    if removed:
+        remaining: list[str] = []
+        for skeleton_chunk in _chunks(skeleton):
+            yield
+            remaining.extend([item_id for item_id in skeleton_chunk if item_id not in removed])
+        skeleton = remaining
+    replaced: dict[str, llm.ChatItem] = {}
+    for n, (item_id, new) in enumerate(fixed.items(), 1):
+        if n % STEP_ITEMS == 0:
+            yield
+        if new is not None:
+            replaced[item_id] = new
     plan.replaced = set(replaced)
-    for r in ordered:
+    for n, r in enumerate(ordered, 1):
+        if n % STEP_ITEMS == 0:
+            yield
         if r.item.id in kept and _edited(local[local_pos[r.item.id]], r):
             replaced[r.item.id] = local[local_pos[r.item.id]]  # stays in place, new content
     plan.deletes.extend(item_id for item_id in replaced)
-    new_ids = {item.id for item in others if item.id not in kept}
-    yield
+    creates: dict[str, llm.ChatItem] = {}
+    for n, item in enumerate(others, 1):
+        if n % STEP_ITEMS == 0:
+            yield
+        if item.id not in kept:
+            creates[item.id] = item
+    new_ids = yield from _set_steps(list(creates))
     order = yield from _target_order(skeleton, local, local_pos, fixed, new_ids)
-    creates = {item_id: local[local_pos[item_id]] for item_id in new_ids}
     creates.update(replaced)
-    plan.insertions = _insertions(order, creates)
+    plan.insertions = yield from _insertions_steps(order, creates)
     return plan
+
+
+def appended_sync_steps(
+    remote: RemoteConversation,
+    chat_ctx: llm.ChatContext,
+    *,
+    since: int,
+    warned: set[str],
+    protocol: str = "realtime",
+    images: bool = False,
+) -> Steps[tuple[list[llm.ChatItem], list[tuple[str, str]], SyncPlan] | None]:
+    """The common sync, planned from the new items only: ``chat_ctx`` holds the view as it is,
+    item for item, and then items the service does not hold.
+
+    The view must be settled: every item held, its content known before the sync began
+    (``since`` is ``remote.revision``). Then :func:`protocol_items_steps` keeps each item of the
+    view as it is and :func:`plan_sync_steps` keeps them all and creates the new items after the
+    last: this returns the same ``(new protocol items, warnings, plan)`` without reading the
+    whole history again but for one cheap pass comparing it by identity, or None when the
+    context or the view is not of that shape (the full plan decides then). Raises what
+    :func:`protocol_items_steps` raises.
+    """
+    if remote.revision != since or INSTRUCTIONS_MESSAGE_ID in remote:
+        return None
+    changes = remote.changes
+    ctx_items = chat_ctx.items
+    count = len(remote)
+    if len(ctx_items) < count:
+        return None
+    calls: set[str] = set()  # the view's calls, which its outputs and the new ones answer
+    node = remote._head
+    last: str | None = None
+    for k in range(count):
+        if k % CHUNK_ITEMS == 0:
+            yield
+            if remote.changes != changes:
+                return None  # the view changed meanwhile
+        assert node is not None
+        item = node.item
+        local = ctx_items[k]
+        if (local is not item and local != item) or not node.held or node.known_at is None:
+            return None
+        if item.type == "function_call":
+            calls.add(item.call_id)
+        elif item.type == "function_call_output" and item.call_id not in calls:
+            return None  # an output before its call, or without it: the full rule decides
+        last = item.id
+        node = node._next
+    new = ctx_items[count:]
+    for item in new:
+        if item.id in remote or wire_item_id(item.id) in remote:
+            return None  # an item of the view moved after the others
+    yield
+    if remote.changes != changes:
+        return None
+    items, warnings = yield from protocol_items_steps(
+        llm.ChatContext(items=list(new)),
+        remote,
+        warned=warned,
+        protocol=protocol,
+        images=images,
+        calls=calls,
+    )
+    plan = SyncPlan(insertions=(yield from _split(last, items)) if items else [])
+    return items, warnings, plan
 
 
 def plan_replay(remote: RemoteConversation) -> tuple[list[Insertion], list[str], list[str]]:
@@ -612,11 +788,20 @@ def plan_replay(remote: RemoteConversation) -> tuple[list[Insertion], list[str],
         arrived, a reply not done), and those that hold nothing to send (a voice turn
         transcribed as "", a reply that ended before it said anything).
     """
+    return _drain(plan_replay_steps(remote))
+
+
+def plan_replay_steps(
+    remote: RemoteConversation,
+) -> Steps[tuple[list[Insertion], list[str], list[str]]]:
+    """:func:`plan_replay`, in steps (see :data:`STEP_ITEMS`)."""
     order: list[str] = []
     creates: dict[str, llm.ChatItem] = {}
     lost: list[str] = []
     empty: list[str] = []
-    for r in remote.items():
+    for n, r in enumerate(remote, 1):
+        if n % STEP_ITEMS == 0:
+            yield
         if r.known_at is None:
             lost.append(r.item.id)
         elif not _has_content(r.item):
@@ -624,7 +809,8 @@ def plan_replay(remote: RemoteConversation) -> tuple[list[Insertion], list[str],
         else:
             order.append(r.item.id)
             creates[r.item.id] = r.item
-    return _insertions(order, creates), lost, empty
+    insertions = yield from _insertions_steps(order, creates)
+    return insertions, lost, empty
 
 
 def _is_voice_turn(r: RemoteItem) -> bool:
@@ -647,7 +833,7 @@ def _edited(new: llm.ChatItem, r: RemoteItem) -> bool:
 
 def _kept_subsequence(
     ordered: list[RemoteItem], others: list[llm.ChatItem], spoken: set[str]
-) -> list[str]:
+) -> Steps[list[str]]:
     """The items that stay where they are: a common subsequence of the service's order and the
     local one.
 
@@ -656,22 +842,28 @@ def _kept_subsequence(
     then the fewest items are re-created. Without an audio reply among them this is the same
     subsequence as ``llm.utils.compute_chat_ctx_diff`` keeps.
     """
-    old_ids = [r.item.id for r in ordered]
-    new_ids = [item.id for item in others]
+    old_ids: list[str] = []
+    for chunk in _chunks(ordered):
+        yield
+        old_ids.extend([r.item.id for r in chunk])
+    new_ids: list[str] = []
+    for local_chunk in _chunks(others):
+        yield
+        new_ids.extend([item.id for item in local_chunk])
     if not spoken:
-        return _lcs(old_ids, new_ids)
-    return _heaviest_common_subsequence(old_ids, new_ids, spoken)
+        return (yield from _lcs_steps(old_ids, new_ids))
+    return (yield from _heaviest_common_subsequence(old_ids, new_ids, spoken))
 
 
 def _heaviest_common_subsequence(
     old_ids: list[str], new_ids: list[str], heavy: set[str]
-) -> list[str]:
+) -> Steps[list[str]]:
     """The common subsequence of maximum weight (unique ids; heavy ids outweigh all others).
 
     The heaviest increasing subsequence of the old positions taken in new order, in
     O(n log n) with a Fenwick tree of prefix maxima over old positions.
     """
-    old_index = {item_id: i for i, item_id in enumerate(old_ids)}
+    old_index = yield from _index_steps(old_ids)
     heavy_weight = len(new_ids) + 1
     size = len(old_ids)
     tree: list[tuple[int, int]] = [(0, -1)] * (size + 1)  # (weight, new position)
@@ -679,6 +871,8 @@ def _heaviest_common_subsequence(
     prev: list[int] = [-1] * len(new_ids)
     top = (0, -1)
     for pos, item_id in enumerate(new_ids):
+        if pos % STEP_ITEMS == 0:
+            yield
         old_pos = old_index.get(item_id)
         if old_pos is None:
             continue
@@ -700,6 +894,8 @@ def _heaviest_common_subsequence(
     out: list[str] = []
     pos = top[1]
     while pos >= 0:
+        if len(out) % STEP_ITEMS == 0:
+            yield
         out.append(new_ids[pos])
         pos = prev[pos]
     out.reverse()
@@ -751,7 +947,7 @@ def _target_order(
     the kept items the local context does not hold (user turns whose transcript is pending:
     what is new came after them), unless it is at the very start. New items keep their order.
     """
-    pos = {item_id: k for k, item_id in enumerate(skeleton)}
+    pos = yield from _index_steps(skeleton)
     slots: dict[int, list[str]] = {}  # skeleton position -> new ids after it (-1: at the start)
     seen_fixed: list[int] = []  # sorted skeleton positions of fixed items met in local order
     group: list[tuple[bool, int | str]] = []  # since the last diffed item: (is_new, pos | id)
@@ -797,12 +993,21 @@ def _target_order(
 
     out = list(slots.get(-1, ()))
     for k, item_id in enumerate(skeleton):
+        if k % STEP_ITEMS == 0:
+            yield
         out.append(item_id)
         out.extend(slots.get(k, ()))
     return out
 
 
 def _insertions(order: Iterable[str], creates: dict[str, llm.ChatItem]) -> list[Insertion]:
+    """:func:`_insertions_steps` at once."""
+    return _drain(_insertions_steps(order, creates))
+
+
+def _insertions_steps(
+    order: Iterable[str], creates: dict[str, llm.ChatItem]
+) -> Steps[list[Insertion]]:
     """The insertions that create the ids of ``order`` found in ``creates``, each where it stands.
 
     Consecutive new items are created after the item before them, which the service holds,
@@ -812,19 +1017,23 @@ def _insertions(order: Iterable[str], creates: dict[str, llm.ChatItem]) -> list[
     insertions: list[Insertion] = []
     anchor: str | None = None
     new: list[llm.ChatItem] = []
-    for item_id in order:
+    for n, item_id in enumerate(order, 1):
+        if n % STEP_ITEMS == 0:
+            yield
         item = creates.get(item_id)
         if item is None:
-            insertions.extend(_split(anchor, new))
+            if new:
+                insertions.extend((yield from _split(anchor, new)))
             new = []
             anchor = item_id
         else:
             new.append(item)
-    insertions.extend(_split(anchor, new))
+    if new:
+        insertions.extend((yield from _split(anchor, new)))
     return insertions
 
 
-def _split(anchor: str | None, items: list[llm.ChatItem]) -> list[Insertion]:
+def _split(anchor: str | None, items: list[llm.ChatItem]) -> Steps[list[Insertion]]:
     """Runs that insert ``items`` after ``anchor``, a function call before its outputs.
 
     The items after the last output of a new call go first, after ``anchor``; then the items up
@@ -836,6 +1045,8 @@ def _split(anchor: str | None, items: list[llm.ChatItem]) -> list[Insertion]:
     last_output = [-1] * (len(items) + 1)
     last_call = [-1] * (len(items) + 1)
     for i, item in enumerate(items):
+        if i % STEP_ITEMS == 0:
+            yield
         last_output[i + 1], last_call[i + 1] = last_output[i], last_call[i]
         if item.type == "function_call":
             call_at[item.call_id] = i
@@ -854,6 +1065,31 @@ def _split(anchor: str | None, items: list[llm.ChatItem]) -> list[Insertion]:
     if end:
         first.append(Insertion(anchor, tuple(items[:end])))
     return first + then[::-1]
+
+
+def _chunks(seq: Sequence[S]) -> Iterator[Sequence[S]]:
+    """``seq`` in slices of :data:`CHUNK_ITEMS`: a ``*_steps`` generator yields after each."""
+    for start in range(0, len(seq), CHUNK_ITEMS):
+        yield seq[start : start + CHUNK_ITEMS]
+
+
+def _index_steps(ids: Sequence[str]) -> Steps[dict[str, int]]:
+    """``{id: position}`` of ``ids``, in steps (a repeated id keeps its last position)."""
+    index: dict[str, int] = {}
+    for start in range(0, len(ids), CHUNK_ITEMS):
+        yield
+        chunk = ids[start : start + CHUNK_ITEMS]
+        index.update(zip(chunk, range(start, start + len(chunk)), strict=True))
+    return index
+
+
+def _set_steps(values: Sequence[str]) -> Steps[set[str]]:
+    """``set(values)``, in steps."""
+    out: set[str] = set()
+    for chunk in _chunks(values):
+        yield
+        out.update(chunk)
+    return out
 
 
 def _drain(steps: Steps[T]) -> T:

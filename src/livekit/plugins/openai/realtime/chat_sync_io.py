@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import json
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from livekit.agents import llm, utils
@@ -128,10 +128,12 @@ class ChatSyncIO:
                 for attempt in range(1, _SYNC_ATTEMPTS + 1):
                     await self._wait_ready()
                     connection = self.state.connection
-                    items = await drain_sliced(self.state.protocol_items_steps(chat_ctx))
+                    # one budget for the whole sync: each slice of it, planning or queueing,
+                    # yields to the event loop once it has run MAX_SLICE
+                    slicer = LoopSlicer()
+                    plan = await drain_sliced(self.state.sync_steps(chat_ctx, since=since), slicer)
                     self._log_outcomes()
-                    plan = await drain_sliced(self.state.plan_steps(items, since=since))
-                    batch = await self._queue_plan(plan) if plan else None
+                    batch = await self._queue_plan(plan, slicer) if plan else None
                     self._close_sync(ticket)
                     if batch is None:
                         return
@@ -198,10 +200,9 @@ class ChatSyncIO:
         if self._closed():
             raise ChatContextSyncError("update_chat_ctx called on a closed realtime session")
 
-    async def _queue_plan(self, plan: SyncPlan) -> Batch:
+    async def _queue_plan(self, plan: SyncPlan, slicer: LoopSlicer) -> Batch:
         """Queue the events of a plan; returns the batch that tracks their answers."""
         batch = Batch()
-        slicer = LoopSlicer()
         connection = self.state.connection
         for op in self.state.operations(plan, batch):
             if connection != self.state.connection:
@@ -273,11 +274,14 @@ class ChatSyncIO:
                     await self._wait_ready()
                 except ChatContextSyncError:
                     return
-                local = self.state.text_truncation(message_id, text)
+                slicer = LoopSlicer()
+                steps = self.state.text_truncation_steps(message_id, text)
+                local = await drain_sliced(steps, slicer)
                 if local is None:
                     return
-                plan = await drain_sliced(self.state.plan_steps(local, since=self.remote.revision))
-                batch = await self._queue_plan(plan)
+                since = self.remote.revision
+                plan = await drain_sliced(self.state.plan_steps(local, since=since), slicer)
+                batch = await self._queue_plan(plan, slicer)
                 self._close_sync(ticket)
                 try:
                     await self._wait(batch)
@@ -302,26 +306,28 @@ class ChatSyncIO:
         """The first connection is up: syncs may use it."""
         self.ready.set()
 
-    def start_replay(self) -> tuple[list[Any], Callable[[bool], None]]:
-        """A new connection starts with an empty conversation: the events that replay ours.
+    async def replay(self, send: Callable[[Any], Awaitable[None]]) -> None:
+        """A new connection starts with an empty conversation: send the events that replay
+        ours with ``send``, before any other, as they are built (sliced by the time budget).
+        Once they are sent, syncs wait for the service's answers to them.
 
-        Returns:
-            The events to send on the new connection before any other, and a callback to call
-            with whether sending them succeeded.
+        Raises:
+            Exception: What ``send`` raised; the next connection replays the view again.
         """
-        ops, replay = self.state.start_replay()
+        replay = Batch()
+        slicer = LoopSlicer()
+        try:
+            for op in self.state.replay_steps(replay):
+                if op is not None:
+                    await send(self._wire_event(op))
+                    self.state.sent(op.event_id)
+                await slicer.tick()
+        except BaseException:
+            self.state.replay_not_sent(replay)
+            self._log_outcomes()
+            raise
         self._log_outcomes()
-        events = [self._wire_event(op) for op in ops]
-
-        def _sent(ok: bool) -> None:
-            if not ok:
-                self.state.replay_not_sent(replay)
-                return
-            for op in ops:
-                self.state.sent(op.event_id)
-            self._spawn(self._await_replay(replay, self.state.connection))
-
-        return events, _sent
+        self._spawn(self._await_replay(replay, self.state.connection))
 
     async def _await_replay(self, replay: Batch, connection: int) -> None:
         """Open the connection to syncs once the service has answered the replay."""

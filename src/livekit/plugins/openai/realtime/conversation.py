@@ -24,18 +24,20 @@ What the state guarantees:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
 from livekit.agents import llm, utils
 
 from .chat_sync import (
+    STEP_ITEMS,
     ChatContextSyncError,
     RemoteConversation,
     Steps,
     SyncPlan,
-    plan_replay,
+    appended_sync_steps,
+    plan_replay_steps,
     plan_sync_steps,
     protocol_items_steps,
 )
@@ -132,11 +134,40 @@ class ConversationState:
         items, warnings = yield from protocol_items_steps(
             chat_ctx, self.remote, warned=self._warned, protocol=self.protocol, images=self.images
         )
+        self._skipped(warnings)
+        return items
+
+    def _skipped(self, warnings: list[tuple[str, str]]) -> None:
         for item_id, message in warnings:
             self.outcomes.append(Outcome("skipped", message, (item_id,)))
         if len(self._warned) > _MAX_WARNED_IDS:
             self._warned.clear()
-        return items
+
+    def sync_steps(self, chat_ctx: llm.ChatContext, *, since: int) -> Steps[SyncPlan]:
+        """Plan the sync of ``chat_ctx``: :meth:`protocol_items_steps` then :meth:`plan_steps`,
+        in steps. A context that holds the settled view as it is and new items after it (the
+        common sync: a message added) is planned from its new items alone, to the same plan
+        (see ``chat_sync.appended_sync_steps``).
+
+        Raises:
+            ChatContextSyncError: Two items map to the same id; nothing is to be sent.
+        """
+        fast = yield from appended_sync_steps(
+            self.remote,
+            chat_ctx,
+            since=since,
+            warned=self._warned,
+            protocol=self.protocol,
+            images=self.images,
+        )
+        if fast is None:
+            items = yield from self.protocol_items_steps(chat_ctx)
+            return (yield from self.plan_steps(items, since=since))
+        _, warnings, plan = fast
+        self._skipped(warnings)
+        # every item of the view is held: no replayed item is left unconfirmed
+        self._unconfirmed.clear()
+        return plan
 
     def plan_steps(self, items: list[llm.ChatItem], *, since: int) -> Steps[SyncPlan]:
         """Plan the sync of ``items`` (see ``chat_sync.plan_sync_steps``), in steps.
@@ -148,8 +179,14 @@ class ConversationState:
             self.remote.complete(held.id, held)
         # replayed items the service never confirmed and the context no longer holds: gone
         if self._unconfirmed:
-            wanted = {item.id for item in items}
-            for item_id in list(self._unconfirmed):
+            wanted: set[str] = set()
+            for n, item in enumerate(items, 1):
+                if n % STEP_ITEMS == 0:
+                    yield
+                wanted.add(item.id)
+            for n, item_id in enumerate(list(self._unconfirmed), 1):
+                if n % STEP_ITEMS == 0:
+                    yield
                 r = self.remote.get(item_id)
                 if r is None or r.held:
                     self._unconfirmed.discard(item_id)
@@ -188,19 +225,24 @@ class ConversationState:
                 )
                 yield create
 
-    def text_truncation(self, message_id: str, text: str) -> list[llm.ChatItem] | None:
+    def text_truncation_steps(self, message_id: str, text: str) -> Steps[list[llm.ChatItem] | None]:
         """The user heard only ``text`` of the reply ``message_id`` and no audio is cut: the
         items to sync so that the service holds that text, or None (nothing to do, or to be
-        done once the reply is done, see :meth:`reply_done`)."""
+        done once the reply is done, see :meth:`reply_done`), in steps."""
         remote = self.remote.get(message_id)
         if remote is None or not text or remote.item.type != "message":
             return None
         if remote.known_at is None:
             self._text_truncates[message_id] = text  # the reply still streams: once it is done
             return None
-        local = [r.item for r in self.remote.items()]
-        idx = next(i for i, item in enumerate(local) if item.id == message_id)
-        local[idx] = local[idx].model_copy(update={"content": [text]})
+        local: list[llm.ChatItem] = []
+        for n, r in enumerate(self.remote, 1):
+            if n % STEP_ITEMS == 0:
+                yield
+            item = r.item
+            if item.id == message_id:
+                item = item.model_copy(update={"content": [text]})
+            local.append(item)
         return local
 
     def truncate(self, message_id: str, heard: str) -> None:
@@ -211,13 +253,22 @@ class ConversationState:
     # ------------------------------------------------------------------------- connection
 
     def start_replay(self) -> tuple[list[Operation], Batch]:
-        """A new connection starts with an empty conversation: the operations that re-create
-        the view on it, to send before any other event, and the batch that tracks them.
+        """:meth:`replay_steps` at once: the operations and the batch that tracks them."""
+        batch = Batch()
+        ops = [op for op in self.replay_steps(batch) if op is not None]
+        return ops, batch
 
-        Items that cannot be re-created leave the view (see ``outcomes``); the others stay in
-        it, not held by the service until their create is confirmed.
+    def replay_steps(self, batch: Batch) -> Generator[Operation | None, None, None]:
+        """A new connection starts with an empty conversation: the operations that re-create
+        the view on it, to send before any other event, each tracked in ``batch``.
+
+        Yields None where the caller may pause and each operation as soon as it is made, so
+        that the caller sends the replay as it is built. Items that cannot be re-created leave
+        the view (see ``outcomes``); the others stay in it, not held by the service until
+        their create is confirmed.
         """
-        insertions, lost, empty = plan_replay(self.remote)
+        self.replay = batch
+        insertions, lost, empty = yield from plan_replay_steps(self.remote)
         if lost:
             self.outcomes.append(
                 Outcome(
@@ -238,12 +289,15 @@ class ConversationState:
             )
         for item_id in (*lost, *empty):
             self.remote.remove(item_id)
-        for r in self.remote.items():
+        unconfirmed: set[str] = set()
+        for n, r in enumerate(self.remote, 1):
+            if n % STEP_ITEMS == 0:
+                yield None
             r.held = False
-        self._unconfirmed = {r.item.id for r in self.remote.items()}
-        batch = Batch()
-        self.replay = batch
-        return list(self._operations(SyncPlan(insertions=insertions), batch, replay=True)), batch
+            unconfirmed.add(r.item.id)
+        self.remote.changes += 1
+        self._unconfirmed = unconfirmed
+        yield from self._operations(SyncPlan(insertions=insertions), batch, replay=True)
 
     def replay_not_sent(self, batch: Batch) -> None:
         """Sending the replay failed: the next connection replays the view again."""
@@ -295,6 +349,7 @@ class ConversationState:
         if sent is not None and sent.item is not None and existing is not None and sent.replay:
             existing.item, existing.held = sent.item, True
             existing.origin, existing.audio = "client", False
+            self.remote.changes += 1
             return
         if existing is not None and not existing.held and self.replay is None:
             # a replayed item that got no answer, created again by a sync: it stands where the
@@ -315,8 +370,8 @@ class ConversationState:
                     (item_id,),
                 )
             )
-            items = self.remote.items()
-            previous_item_id = items[-1].item.id if items else None
+            last = self.remote.last()
+            previous_item_id = last.item.id if last is not None else None
         if sent is not None and sent.item is not None:
             self.remote.add(sent.item, previous_item_id, origin=sent.origin)
         elif (ended := self._ended_early.pop(item_id, None)) is not None:
@@ -383,7 +438,7 @@ class ConversationState:
 
         Returns:
             The text the user heard of it, when a text-only truncation waited for its end: the
-            caller syncs it now (see :meth:`text_truncation`).
+            caller syncs it now (see :meth:`text_truncation_steps`).
         """
         content: list[llm.ChatContent] = [text] if text else []
         if (remote := self.remote.get(item_id)) is None:
