@@ -1133,10 +1133,10 @@ class Harness:
                 mid = replayed < len(kept_ids)
                 # no settle(): it would wait for the replay to be answered; the client reads the
                 # reply's events after the server sent them: wait for its generation to end
-                deadline = time.monotonic() + BOUND
-                while not (self.gen_tasks and all(t.done() for t in self.gen_tasks)):
-                    assert time.monotonic() < deadline, "the reply's generation never ended"
-                    await asyncio.sleep(0.002)
+                await self.wait_until(
+                    lambda: bool(self.gen_tasks) and all(t.done() for t in self.gen_tasks),
+                    "the reply's generation never ended",
+                )
                 self._scan_server_made(done=True)
                 tasks, self.gen_tasks = self.gen_tasks, []
                 for gen in await self.progressing(asyncio.gather(*tasks), BOUND, "the generations"):
@@ -1195,10 +1195,9 @@ class Harness:
             self._on_drop(before)
             try:
                 if when == "drop":
-                    deadline = time.monotonic() + BOUND
-                    while len(self.client_errors) == errors:
-                        assert time.monotonic() < deadline, "the client never saw the drop"
-                        await asyncio.sleep(0.002)
+                    await self.wait_until(
+                        lambda: len(self.client_errors) != errors, "the client never saw the drop"
+                    )
                     _copy_sync()
                 await self.server.wait_for(lambda: bool(syncs), BOUND)
                 err = await self.progressing(asyncio.shield(syncs[0]), BOUND, "the copy sync")
@@ -1291,19 +1290,20 @@ class Harness:
         await self._apply_generations()
 
     async def _pending_user_turn(
-        self, transcript: str, delay: float
+        self, transcript: str | None, delay: float
     ) -> tuple[str, asyncio.Task[str]]:
-        """A user turn the client has seen and whose transcript arrives ``delay`` s later."""
+        """A user turn the client has seen and whose transcript arrives ``delay`` s later (with
+        ``None``, when the caller sends it: ``server.transcribe``)."""
         before = len(self.server.conversation)
         turn = asyncio.create_task(
             self.server.user_audio_turn(transcript, transcript_delay=delay, respond=False)
         )
         await self.server.wait_for(lambda: len(self.server.conversation) > before, BOUND)
         user_id = self.server.conversation_ids()[-1]
-        deadline = time.monotonic() + BOUND
-        while self.session.chat_ctx.get_by_id(user_id) is None:
-            assert time.monotonic() < deadline, "the client never saw the user turn"
-            await asyncio.sleep(0.002)
+        await self.wait_until(
+            lambda: self.session.chat_ctx.get_by_id(user_id) is not None,
+            "the client never saw the user turn",
+        )
         self._scan_server_made(done=False)
         return user_id, turn
 
@@ -1337,15 +1337,24 @@ class Harness:
         before the transcript with a context that lacks the turn, waits for the first one and
         plans after the transcript: the turn is new to it, so it must stay.
         """
-        user_id, turn = await self._pending_user_turn(transcript, 0.01)
+        # the transcript is sent once the service has the first sync's first event: it cannot
+        # reach the client before the syncs began (a context snapshot taken first lacks it)
+        user_id, turn = await self._pending_user_turn(None, 0.0)
+        creates = self.server.received_count("conversation.item.create")
         try:
             for text in texts:
                 self.local.add_message(role="user", content=text, id=self.new_id("big"))
             ctx = llm.ChatContext(items=list(self.local.items))
             since = self.clock
-            errors = await asyncio.gather(
-                self.sync(ctx, alone=False), self.sync(ctx.copy(), alone=False)
+            syncs = asyncio.gather(self.sync(ctx, alone=False), self.sync(ctx.copy(), alone=False))
+            await self.server.wait_for(
+                lambda: (
+                    syncs.done() or self.server.received_count("conversation.item.create") > creates
+                ),
+                BOUND,
             )
+            await self.server.transcribe(user_id, transcript)
+            errors = await self.progressing(syncs, BOUND, "the syncs")
             assert list(errors) == [None, None], errors
             self.assert_no_pending()
             if self.known_at.get(user_id, -1) > since:
@@ -1475,6 +1484,14 @@ class Harness:
         await self.wait_replay(lambda: self.replay_done())
         await self.settle()
 
+    async def wait_until(self, done: Any, what: str, bound: float = BOUND) -> None:
+        """Poll ``done()`` every 2 ms; fail with ``what`` once ``bound`` seconds of free event
+        loop have passed (time the loop was held by a long callback or a gc pause not counted)."""
+        deadline = time.monotonic() + bound
+        while not done():
+            assert time.monotonic() < deadline, what
+            deadline += await _held_for(asyncio.sleep(0.002), 0.002)
+
     def _traffic(self) -> int:
         return len(self.server.received) + len(self.server.sent)
 
@@ -1582,10 +1599,9 @@ class Harness:
         missing = self._missing_after_replay(mirror_before, kept)
         try:
             if when == "drop":
-                deadline = time.monotonic() + BOUND
-                while len(self.client_errors) == errors:
-                    assert time.monotonic() < deadline, "the client never saw the drop"
-                    await asyncio.sleep(0.002)
+                await self.wait_until(
+                    lambda: len(self.client_errors) != errors, "the client never saw the drop"
+                )
                 assert self.server.connections == connections, "reconnected too early"
                 syncs.append(asyncio.create_task(self.sync(self.local)))
             await self.server.wait_for(lambda: bool(syncs), BOUND)
@@ -1648,10 +1664,9 @@ class Harness:
         if when == "reconnecting":
             errors = len(self.client_errors)
             await self.server.drop_connections(BOUND)
-            deadline = time.monotonic() + BOUND
-            while len(self.client_errors) == errors:
-                assert time.monotonic() < deadline, "the client never saw the drop"
-                await asyncio.sleep(0.002)
+            await self.wait_until(
+                lambda: len(self.client_errors) != errors, "the client never saw the drop"
+            )
         task = asyncio.create_task(self.session.update_chat_ctx(self.local))
         try:
             if when == "sending":

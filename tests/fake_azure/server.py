@@ -357,18 +357,22 @@ class FakeAzureRealtimeServer:
         last change.
 
         Raises:
-            asyncio.TimeoutError: if it does not hold within ``timeout`` seconds.
+            asyncio.TimeoutError: if it does not hold within ``timeout`` seconds of free event
+                loop (time the loop was held, by a long callback or a gc pause, is not counted:
+                nothing could have happened then).
         """
-
-        async def _loop() -> None:
-            loop = asyncio.get_running_loop()
-            while not predicate():
-                fut: asyncio.Future[None] = loop.create_future()
-                self._waiters.add(fut)
-                await asyncio.wait({fut}, timeout=0.01)
-                self._waiters.discard(fut)
-
-        await asyncio.wait_for(_loop(), timeout)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not predicate():
+            if loop.time() >= deadline:
+                raise asyncio.TimeoutError
+            fut: asyncio.Future[None] = loop.create_future()
+            self._waiters.add(fut)
+            started = loop.time()
+            await asyncio.wait({fut}, timeout=0.01)
+            self._waiters.discard(fut)
+            if not fut.done():
+                deadline += max(0.0, loop.time() - started - 0.01)
 
     async def wait_connected(self, count: int = 1, timeout: float = 5.0) -> None:
         """Wait until ``count`` connections were accepted and one is live."""
@@ -811,6 +815,11 @@ class FakeAzureRealtimeServer:
                 else None
             )
             await self._emit(conn, stage, {"previous_item_id": previous, "item": c.copy_item(item)})
+
+    async def transcribe(self, item_id: str, transcript: str) -> None:
+        """Complete the transcription of the user turn ``item_id`` now, on the current
+        connection (for a turn played with ``transcript=None``, at a moment a test chooses)."""
+        await self._transcribe(self._current(), item_id, transcript, 0.0)
 
     async def _transcribe(
         self, conn: _Connection, item_id: str, transcript: str, delay: float
