@@ -82,6 +82,8 @@ class ChatSyncIO:
         self._held_back: deque[tuple[int, Any]] = deque()
         self._sync_count = 0
         self.replies = ReplyRequests()
+        # why the session's connection failed for good, once it did (see ``failed``)
+        self.failure: str | None = None
 
     @classmethod
     def of_session(
@@ -195,6 +197,8 @@ class ChatSyncIO:
         """
         if not self._closed():
             await self.ready.wait()
+        if self.failure is not None:
+            raise ChatContextSyncError(f"update_chat_ctx: the realtime session {self.failure}")
         if self._closed():
             raise ChatContextSyncError("update_chat_ctx called on a closed realtime session")
 
@@ -361,6 +365,13 @@ class ChatSyncIO:
         self.state.close()
         self.replies.fail_all("the realtime session closed before the reply was created")
         self.ready.set()  # wake the syncs waiting for a connection: they fail
+
+    def failed(self, error: Exception) -> None:
+        """The connection failed for good (``error`` says why): syncs and replies waiting for
+        it, and later ones, fail at once with that cause."""
+        self.failure = f"failed: {error}"
+        self.replies.fail_all(f"the realtime session {self.failure}")
+        self.ready.set()
 
     async def aclose(self) -> None:
         await utils.aio.cancel_and_wait(*self._tasks)
