@@ -50,7 +50,7 @@ MAX_RETRY_AFTER = 30.0
 _SHOWN_QUERY = ("api-version", "deployment", "model")
 # the suffixes of an endpoint given with its API path (the resource endpoint is what is meant)
 _API_PATHS = ("/openai/v1/realtime", "/openai/realtime", "/openai/v1", "/openai")
-_ENDPOINT_FORM = "https://<resource>.openai.azure.com (the resource endpoint, no path or query)"
+_ENDPOINT_FORM = "https://<resource>.openai.azure.com"
 
 # what to check when the service refuses a handshake with a status no retry can fix
 _CHECK = {
@@ -60,7 +60,8 @@ _CHECK = {
     "azure_ad_token_provider and its scope) and that a GA connection gets no api-version",
     403: "check that the key or token may use this resource (Entra ID: a role such as "
     "Cognitive Services OpenAI User; the resource's network rules)",
-    404: "check the endpoint (" + _ENDPOINT_FORM + "), the deployment name, and the protocol: "
+    404: "check the endpoint (the resource endpoint, " + _ENDPOINT_FORM + ", no path), the "
+    "deployment name, and the protocol: "
     "a GA deployment takes no api_version (nor OPENAI_API_VERSION), a preview one needs one",
 }
 
@@ -218,14 +219,14 @@ def azure_base_url(azure_endpoint: str) -> str:
     if parts.query or parts.fragment or azure_endpoint.rstrip().endswith("?"):
         raise ValueError(
             f"azure_endpoint {_shown(azure_endpoint)} has a query: pass the resource endpoint, "
-            f"{_ENDPOINT_FORM}; the protocol comes from api_version, the deployment from "
-            "azure_deployment"
+            f"{_ENDPOINT_FORM} (no path or query); the protocol comes from api_version, the "
+            "deployment from azure_deployment"
         )
     scheme = {"wss": "https", "ws": "http"}.get(parts.scheme, parts.scheme)
     if scheme not in ("https", "http") or not parts.netloc:
         raise ValueError(
             f"azure_endpoint {_shown(azure_endpoint)} is not an https URL: pass the resource "
-            f"endpoint, {_ENDPOINT_FORM}"
+            f"endpoint, {_ENDPOINT_FORM} (no path or query)"
         )
     path = parts.path.rstrip("/")
     for suffix in _API_PATHS:
