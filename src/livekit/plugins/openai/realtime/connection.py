@@ -13,38 +13,53 @@ host), retryable or not. ``with_azure`` checks its arguments with :func:`resolve
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import inspect
+import ipaddress
+import math
 import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from http import HTTPStatus
-from typing import Any, Union
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from typing import Any, Protocol, Union
+from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit
 
 import aiohttp
 
-from livekit.agents import APIConnectionError, APIError, APIStatusError
+from livekit.agents import APIConnectionError, APIConnectOptions, APIError, APIStatusError
+
+from ..log import logger
 
 __all__ = [
     "AzureADTokenProvider",
     "Credentials",
     "ProtocolChoice",
     "RealtimeHandshakeError",
+    "RetryDecision",
     "azure_base_url",
     "azure_protocol",
+    "check_credentials",
+    "cleartext_warning",
+    "connect",
     "connection_error",
     "handshake_error",
     "open_websocket",
+    "parse_retry_after",
+    "provider_name",
     "resolve_credentials",
+    "retry_decision",
     "retry_delay",
+    "warn_cleartext_once",
+    "warn_once",
 ]
 
 # the openai SDK's AsyncAzureADTokenProvider: a callable returning a token or an awaitable of one
 AzureADTokenProvider = Callable[[], Union[str, Awaitable[str]]]  # noqa: UP007 - a runtime alias
 
-# the longest Retry-After honoured: aclose() waits for the sleep of a retrying connection
+# the longest Retry-After honoured (aclose() does not wait for it: see RetryDecision.wait)
 MAX_RETRY_AFTER = 30.0
 # query parameters shown in errors; the rest of a query (a gateway's key?) is left out
 _SHOWN_QUERY = ("api-version", "deployment", "model")
@@ -84,6 +99,16 @@ class RealtimeHandshakeError(APIStatusError):
 # ------------------------------------------------------------------------------- credentials
 
 
+class SessionOptions(Protocol):
+    """What :func:`connect` reads of a session's options (the same names on both protocols)."""
+
+    api_key: str | None
+    entra_token: str | None
+    azure_ad_token_provider: AzureADTokenProvider | None
+    is_azure: bool
+    conn_options: APIConnectOptions
+
+
 @dataclass(frozen=True)
 class Credentials:
     """What a session authenticates with: exactly one of the three for Azure.
@@ -100,26 +125,46 @@ class Credentials:
     token_provider: AzureADTokenProvider | None = None
     is_azure: bool = True
 
-    async def token(self) -> str | None:
+    @classmethod
+    def of(cls, opts: SessionOptions) -> Credentials:
+        """The credentials of a session's options (either protocol)."""
+        return cls(
+            api_key=opts.api_key,
+            entra_token=opts.entra_token,
+            token_provider=opts.azure_ad_token_provider,
+            is_azure=opts.is_azure,
+        )
+
+    async def token(self, timeout: float | None = None) -> str | None:
         """The bearer token for a new websocket: the provider's, else the static one.
 
         A sync provider runs in a worker thread (azure-identity's may block for seconds on a
-        cache miss), an async one is awaited: neither holds the event loop.
+        cache miss); an awaitable it returns, or an async provider's, is awaited on the loop:
+        neither holds the event loop.
+
+        Args:
+            timeout: The seconds the provider has to return a token (the connect timeout).
 
         Raises:
-            APIConnectionError: The provider raised or returned no token (retryable).
+            APIConnectionError: The provider raised, returned no token string or none within
+                ``timeout`` (retryable).
         """
         provider = self.token_provider
         if provider is None:
             return self.entra_token
         name = provider_name(provider)
         try:
-            if _is_async(provider):
-                result: Any = await provider()  # type: ignore[misc]
-            else:
-                result = await asyncio.to_thread(provider)
-                if inspect.isawaitable(result):
-                    result = await result
+            result: Any = await asyncio.wait_for(_ask(provider), timeout)
+        except asyncio.TimeoutError:
+            raise APIConnectionError(
+                f"realtime connection failed: azure_ad_token_provider {name} returned no token "
+                f"within {timeout:g} s (timeout)",
+                retryable=True,
+            ) from None
+        except _ProviderError as e:
+            raise APIConnectionError(
+                f"realtime connection failed: azure_ad_token_provider {name} {e}", retryable=True
+            ) from e.__cause__
         except Exception as e:
             raise APIConnectionError(
                 f"realtime connection failed: azure_ad_token_provider {name} raised "
@@ -130,6 +175,12 @@ class Credentials:
             raise APIConnectionError(
                 f"realtime connection failed: azure_ad_token_provider {name} returned "
                 f"{_kind(result)}, not a token string",
+                retryable=True,
+            )
+        if _has_control_character(result):
+            raise APIConnectionError(
+                f"realtime connection failed: azure_ad_token_provider {name} returned a token "
+                "with a control character (a newline?), which no HTTP header may carry",
                 retryable=True,
             )
         return result
@@ -160,22 +211,14 @@ def resolve_credentials(
 
     Raises:
         ValueError: A provider together with ``api_key`` or ``entra_token``, a provider that
-            is not callable, or no credential at all.
+            is not callable, a key or token with a control character, or no credential at all.
     """
+    check_credentials("with_azure()", api_key, entra_token, azure_ad_token_provider)
     if azure_ad_token_provider is not None:
-        given = [n for n, v in (("api_key", api_key), ("entra_token", entra_token)) if v]
-        if given:
-            raise ValueError(
-                f"with_azure(): pass either azure_ad_token_provider or {' / '.join(given)}, "
-                "not both"
-            )
-        if not callable(azure_ad_token_provider):
-            raise ValueError(
-                "with_azure(): azure_ad_token_provider must be a callable returning a token "
-                f"(or an awaitable of one), not {_kind(azure_ad_token_provider)}"
-            )
         return Credentials(token_provider=azure_ad_token_provider)
-    api_key = api_key or env.get("AZURE_OPENAI_API_KEY")
+    if not api_key:
+        api_key = env.get("AZURE_OPENAI_API_KEY")
+        check_credentials("with_azure()", api_key, None, None, key_name="AZURE_OPENAI_API_KEY")
     if api_key is None and entra_token is None:
         raise ValueError(
             "Missing credentials. Please pass one of `api_key`, `entra_token`, "
@@ -198,7 +241,107 @@ def _is_async(provider: object) -> bool:
 def _kind(value: object) -> str:
     if value is None or value == "":
         return repr(value)
-    return f"a {type(value).__module__}.{type(value).__qualname__}".replace("builtins.", "")
+    name = f"{type(value).__module__}.{type(value).__qualname__}".replace("builtins.", "")
+    return ("an " if name[0] in "aeiou" else "a ") + name
+
+
+class _ProviderError(Exception):
+    """What a provider did wrong, said after its name (``returned ...``)."""
+
+
+async def _ask(provider: AzureADTokenProvider) -> object:
+    """The provider's result: an async one's awaited; a sync one's from a worker thread, and
+    awaited on the loop if it is an awaitable."""
+    if _is_async(provider):
+        return await provider()  # type: ignore[misc]
+    result = await _in_thread(provider)
+    if not inspect.isawaitable(result):
+        return result
+    if asyncio.isfuture(result) and result.get_loop() is not asyncio.get_running_loop():
+        raise _ProviderError(
+            "returned a future of another event loop, not a token string or an awaitable "
+            "this loop can await (create it with asyncio.run_coroutine_threadsafe on this loop, "
+            "or make the provider async)"
+        )
+    return await result
+
+
+async def _in_thread(provider: Callable[[], object]) -> object:
+    """``provider()`` in a worker thread; a coroutine it returns after the caller stopped
+    waiting (timed out, the session closed) is closed, never left unawaited."""
+    loop = asyncio.get_running_loop()
+    outcome: asyncio.Future[object] = loop.create_future()
+    context = contextvars.copy_context()
+
+    def deliver(result: object, error: BaseException | None) -> None:
+        if outcome.done():  # abandoned: nothing will await it
+            if inspect.iscoroutine(result):
+                result.close()
+        elif error is not None:
+            outcome.set_exception(error)
+        else:
+            outcome.set_result(result)
+
+    def work() -> None:
+        result: object = None
+        error: BaseException | None = None
+        try:
+            result = context.run(provider)
+        except Exception as e:
+            error = e
+        try:
+            loop.call_soon_threadsafe(deliver, result, error)
+        except RuntimeError:  # the loop is closed
+            if inspect.iscoroutine(result):
+                result.close()
+
+    loop.run_in_executor(None, work)
+    return await outcome
+
+
+def _has_control_character(value: str) -> bool:
+    return any(ord(c) < 32 or ord(c) == 127 for c in value)
+
+
+def check_credentials(
+    where: str,
+    api_key: str | None,
+    entra_token: str | None,
+    azure_ad_token_provider: AzureADTokenProvider | None,
+    *,
+    key_name: str = "api_key",
+) -> None:
+    """Refuse credentials no handshake could carry, naming the argument (never its value).
+
+    Args:
+        where: The call, for the message (``"with_azure()"``, ``"RealtimeModel()"``).
+        api_key: The key given (or ``key_name``'s value from the environment).
+        entra_token: The static token given.
+        azure_ad_token_provider: The token provider given.
+        key_name: How the message names ``api_key`` (``AZURE_OPENAI_API_KEY`` when read from
+            the environment).
+
+    Raises:
+        ValueError: A provider together with a key or token, a provider that is not
+            callable, or a key or token with a control character (a pasted newline).
+    """
+    if azure_ad_token_provider is not None:
+        given = [n for n, v in (("api_key", api_key), ("entra_token", entra_token)) if v]
+        if given:
+            raise ValueError(
+                f"{where}: pass either azure_ad_token_provider or {' / '.join(given)}, not both"
+            )
+        if not callable(azure_ad_token_provider):
+            raise ValueError(
+                f"{where}: azure_ad_token_provider must be a callable returning a token "
+                f"(or an awaitable of one), not {_kind(azure_ad_token_provider)}"
+            )
+    for name, value in ((key_name, api_key), ("entra_token", entra_token)):
+        if value and _has_control_character(value):
+            raise ValueError(
+                f"{where}: {name} has a control character (a newline or tab pasted with it?), "
+                "which no HTTP header may carry: strip it"
+            )
 
 
 # ------------------------------------------------------------------------- endpoint, protocol
@@ -216,24 +359,65 @@ def azure_base_url(azure_endpoint: str) -> str:
             http(s) URL with a host.
     """
     parts = urlsplit(azure_endpoint.strip())
-    if parts.query or parts.fragment or azure_endpoint.rstrip().endswith("?"):
+    expected = f"pass the resource endpoint, {_ENDPOINT_FORM} (no path or query)"
+    if parts.fragment or azure_endpoint.rstrip().endswith("#"):
+        raise ValueError(f"azure_endpoint {_shown(azure_endpoint)} has a #fragment: {expected}")
+    if parts.query or azure_endpoint.rstrip().endswith("?"):
         raise ValueError(
-            f"azure_endpoint {_shown(azure_endpoint)} has a query: pass the resource endpoint, "
-            f"{_ENDPOINT_FORM} (no path or query); the protocol comes from api_version, the "
-            "deployment from azure_deployment"
+            f"azure_endpoint {_shown(azure_endpoint)} has a query: {expected}; the protocol "
+            "comes from api_version, the deployment from azure_deployment"
         )
     scheme = {"wss": "https", "ws": "http"}.get(parts.scheme, parts.scheme)
-    if scheme not in ("https", "http") or not parts.netloc:
-        raise ValueError(
-            f"azure_endpoint {_shown(azure_endpoint)} is not an https URL: pass the resource "
-            f"endpoint, {_ENDPOINT_FORM} (no path or query)"
-        )
+    if scheme not in ("https", "http") or not parts.hostname:
+        raise ValueError(f"azure_endpoint {_shown(azure_endpoint)} is not an https URL: {expected}")
     path = parts.path.rstrip("/")
+    if "/openai/deployments/" in path + "/":
+        raise ValueError(
+            f"azure_endpoint {_shown(azure_endpoint)} has a deployment path: {expected}; the "
+            "deployment goes in azure_deployment"
+        )
     for suffix in _API_PATHS:
         if path.endswith(suffix):
             path = path[: -len(suffix)]
             break
     return f"{scheme}://{parts.netloc}{path}/openai"
+
+
+def cleartext_warning(base_url: str) -> str | None:
+    """What to warn about once: an ``http://`` endpoint that is not loopback (the key or token
+    would cross the network in cleartext); ``None`` when there is nothing to say."""
+    parts = urlsplit(base_url)
+    if parts.scheme not in ("http", "ws") or _is_loopback(parts.hostname or ""):
+        return None
+    return (
+        f"azure_endpoint {_host(parts)} is http://: the key or token goes over the network in "
+        "cleartext; use https://"
+    )
+
+
+def warn_cleartext_once(base_url: str) -> None:
+    """Warn once about an ``http://`` endpoint off loopback (see :func:`cleartext_warning`)."""
+    warn_once(cleartext_warning(base_url))
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+# warnings already given (once per process)
+_warned: set[str] = set()
+
+
+def warn_once(message: str | None) -> None:
+    """Log ``message`` as a warning the first time this process sees it."""
+    if message and message not in _warned:
+        _warned.add(message)
+        logger.warning(message)
 
 
 @dataclass(frozen=True)
@@ -290,12 +474,24 @@ def azure_protocol(api_version: str | None, env: Mapping[str, str]) -> ProtocolC
 
 
 def _shown(url: str) -> str:
-    """``url`` as errors show it: host and path, and only the query parameters in
-    ``_SHOWN_QUERY`` (no credentials, even a gateway's)."""
-    parts = urlsplit(url)
+    """``url`` as errors show it: host (no user or password) and path, and only the query
+    parameters in ``_SHOWN_QUERY`` (no credentials, even a gateway's)."""
+    parts = urlsplit(url.strip())
     query = [(k, v) for k, v in parse_qsl(parts.query) if k in _SHOWN_QUERY]
-    shown = f"{parts.netloc}{parts.path}"
+    shown = f"{_host(parts)}{parts.path}"
     return f"{shown}?{urlencode(query)}" if query else shown
+
+
+def _host(parts: SplitResult) -> str:
+    """``hostname[:port]`` of a URL: never its user or password."""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"  # IPv6
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return f"{host}:{port}" if port is not None else host
 
 
 def _status_text(status: int) -> str:
@@ -306,8 +502,16 @@ def _status_text(status: int) -> str:
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date), capped at
-    ``MAX_RETRY_AFTER``; ``None`` when absent or unreadable."""
+    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date).
+
+    Args:
+        value: The header's value, if any.
+        now: The current time (epoch seconds) an HTTP date is measured from; default: now.
+
+    Returns:
+        The seconds, at least 0 and at most ``MAX_RETRY_AFTER``; ``None`` when absent or
+        unreadable (``nan``, ``inf`` included).
+    """
     if not value:
         return None
     value = value.strip()
@@ -319,6 +523,8 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
         except (TypeError, ValueError):
             return None
         seconds = when.timestamp() - (time.time() if now is None else now)
+    if not math.isfinite(seconds):
+        return None
     return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
@@ -329,7 +535,17 @@ def _retryable(status: int) -> bool:
 def handshake_error(
     status: int, url: str, headers: Mapping[str, str] | None = None
 ) -> RealtimeHandshakeError:
-    """The error of a handshake the service answered with ``status``."""
+    """The error of a handshake the service answered with an HTTP error status.
+
+    Args:
+        status: The HTTP status of the answer.
+        url: The websocket URL (shown without credentials).
+        headers: The answer's headers (``Retry-After`` is read).
+
+    Returns:
+        A fatal error saying what to check (400, 401, 403, 404, other 4xx), or a retryable one
+        (408, 429, 5xx) carrying the ``Retry-After`` seconds.
+    """
     where = f"{_status_text(status)} from {_shown(url)}"
     retry_after = parse_retry_after((headers or {}).get("Retry-After"))
     if status in _CHECK:
@@ -343,8 +559,17 @@ def handshake_error(
 
 
 def connection_error(error: BaseException, url: str, timeout: float) -> APIConnectionError:
-    """The (retryable) error of a handshake that got no HTTP answer: refused, DNS, timeout."""
-    host = urlsplit(url).netloc
+    """The error of a handshake that got no HTTP answer.
+
+    Args:
+        error: What the attempt raised (a timeout, a connector error, another client error).
+        url: The websocket URL (only its host is shown).
+        timeout: The connect timeout, for the message.
+
+    Returns:
+        A retryable error naming the host and the cause (refused, DNS, timeout).
+    """
+    host = _host(urlsplit(url))
     if isinstance(error, asyncio.TimeoutError):
         cause = f"no answer within {timeout:g} s (timeout)"
     elif isinstance(error, aiohttp.ClientConnectorError):
@@ -365,10 +590,118 @@ def connection_error(error: BaseException, url: str, timeout: float) -> APIConne
 
 
 def retry_delay(error: APIError, default: float) -> float:
-    """How long to wait before the next attempt: the service's ``Retry-After``, else
-    ``default`` (the connect options' backoff)."""
+    """How long to wait before the next connection attempt.
+
+    Args:
+        error: The failed attempt's error (a ``RealtimeHandshakeError`` may carry the
+            service's ``Retry-After``).
+        default: The connect options' backoff for this attempt.
+
+    Returns:
+        The seconds: the service's ``Retry-After`` if longer than ``default``, else ``default``.
+    """
     retry_after = getattr(error, "retry_after", None)
     return default if retry_after is None else max(retry_after, default)
+
+
+@dataclass(frozen=True)
+class RetryDecision:
+    """What a session does after a failed connection attempt (see :func:`retry_decision`).
+
+    Attributes:
+        failure: Give up: the session's fatal error; ``None``: retry.
+        delay: Retry after these seconds.
+        warning: Retry: what to log.
+    """
+
+    failure: APIError | None
+    delay: float = 0.0
+    warning: str = ""
+
+    async def wait(self, closing: asyncio.Event) -> None:
+        """Wait ``delay`` seconds, or less when ``closing`` is set (the session closes)."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(closing.wait(), self.delay)
+
+
+def retry_decision(error: APIError, attempt: int, options: APIConnectOptions) -> RetryDecision:
+    """Whether a session retries its connection after ``error``, and when.
+
+    Args:
+        error: The failed attempt's error.
+        attempt: How many retries came before this attempt (0: the first attempt failed).
+        options: The session's connect options (``max_retry``, the backoff).
+
+    Returns:
+        Give up with ``error`` when it is not retryable, or with an error saying how many
+        attempts failed once the retries are used up; else retry after the backoff (or the
+        service's longer ``Retry-After``).
+    """
+    if not error.retryable:
+        return RetryDecision(failure=error)
+    if attempt >= options.max_retry:
+        if attempt == 0:
+            return RetryDecision(failure=error)
+        return RetryDecision(
+            failure=APIConnectionError(
+                f"OpenAI Realtime API connection failed after {attempt + 1} attempts: {error}",
+                retryable=False,
+            )
+        )
+    delay = retry_delay(error, options._interval_for_retry(attempt))
+    return RetryDecision(
+        failure=None,
+        delay=delay,
+        warning=f"OpenAI Realtime API connection failed, retrying in {delay}s: {error}",
+    )
+
+
+async def connect(
+    http: aiohttp.ClientSession,
+    url: str,
+    opts: SessionOptions,
+    headers: Mapping[str, str],
+    closing: asyncio.Event,
+) -> aiohttp.ClientWebSocketResponse | None:
+    """A session's websocket at ``url`` (see :func:`open_websocket`), unless it closes first.
+
+    Args:
+        http: The model's HTTP session.
+        url: The websocket URL.
+        opts: The session's options: its credentials and connect timeout.
+        headers: The handshake's headers besides authentication.
+        closing: Set when the session closes: the attempt (a token provider's call, the
+            handshake) is abandoned and no websocket is left open.
+
+    Returns:
+        The websocket; ``None`` when the session closed first.
+
+    Raises:
+        RealtimeHandshakeError: The service refused the handshake (fatal or retryable).
+        APIConnectionError: The host is unreachable, the token provider failed (retryable),
+            or the handshake failed in a way no retry fixes.
+    """
+    if closing.is_set():
+        return None
+    attempt = asyncio.ensure_future(
+        open_websocket(
+            http, url, Credentials.of(opts), headers=headers, timeout=opts.conn_options.timeout
+        )
+    )
+    closed = asyncio.ensure_future(closing.wait())
+    try:
+        await asyncio.wait((attempt, closed), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        closed.cancel()
+        if not attempt.done():
+            attempt.cancel()
+    if not closing.is_set():
+        return attempt.result()
+    # the session closed while connecting: nothing opened now may outlive it
+    await asyncio.wait((attempt,))
+    if not attempt.cancelled() and attempt.exception() is None:
+        await attempt.result().close()
+    return None
 
 
 async def open_websocket(
@@ -381,20 +714,22 @@ async def open_websocket(
 ) -> aiohttp.ClientWebSocketResponse:
     """Open the realtime websocket at ``url``, authenticated by ``credentials``.
 
-    A 401 with a token provider asks it again and retries once when the token changed (one
-    that rotated since it was cached).
+    The token provider and the handshake each have ``timeout`` seconds. A 401 with a token
+    provider asks it again and retries once when the token changed (one that rotated since it
+    was cached).
 
     Raises:
         RealtimeHandshakeError: The service refused the handshake (fatal or retryable).
-        APIConnectionError: The host is unreachable or the token provider failed (retryable).
+        APIConnectionError: The host is unreachable or the token provider failed (retryable),
+            or the handshake raised something else (fatal, with its cause).
     """
-    token = await credentials.token()
+    token = await credentials.token(timeout)
     try:
         return await _handshake(http, url, {**headers, **credentials.headers(token)}, timeout)
     except RealtimeHandshakeError as e:
         if e.status_code != 401 or credentials.token_provider is None:
             raise
-        fresh = await credentials.token()
+        fresh = await credentials.token(timeout)
         if fresh == token:
             raise
     # the token rotated since the provider handed it out: once more with the new one
@@ -410,3 +745,10 @@ async def _handshake(
         raise handshake_error(e.status, url, e.headers) from None
     except (aiohttp.ClientError, asyncio.TimeoutError) as e:
         raise connection_error(e, url, timeout) from None
+    except Exception as e:
+        # not the network nor the service (a header aiohttp refuses, ...): no retry fixes it
+        raise APIConnectionError(
+            f"realtime connection failed: the handshake with {_host(urlsplit(url))} raised "
+            f"{type(e).__name__}: {e}",
+            retryable=False,
+        ) from e
