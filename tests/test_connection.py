@@ -125,7 +125,7 @@ async def test_a_failing_provider_is_one_retryable_error_naming_it() -> None:
 
     with pytest.raises(connection.APIConnectionError, match="returned None, not a token string"):
         await connection.Credentials(token_provider=lambda: None).token()
-    with pytest.raises(connection.APIConnectionError, match="returned a int, not a token"):
+    with pytest.raises(connection.APIConnectionError, match="returned an int, not a token"):
         await connection.Credentials(token_provider=lambda: 42).token()
 
 
@@ -236,16 +236,21 @@ def test_retry_after_forms() -> None:
 
 
 @pytest.fixture
-async def status_server() -> AsyncIterator[tuple[str, list[dict[str, str]], list[int]]]:
-    """An endpoint answering each handshake with the next status of ``statuses`` (101: accept)."""
+async def status_server() -> AsyncIterator[tuple[str, list[dict[str, str]], list[Any]]]:
+    """An endpoint answering each handshake with the next status of ``statuses`` (101: accept;
+    ``(status, retry_after)``: with a ``Retry-After`` header)."""
     seen: list[dict[str, str]] = []
-    statuses: list[int] = []
+    statuses: list[Any] = []
 
     async def _handler(request: web.Request) -> web.StreamResponse:
         seen.append(dict(request.headers))
-        status = statuses.pop(0) if statuses else 101
+        answer = statuses.pop(0) if statuses else 101
+        status, retry_after = answer if isinstance(answer, tuple) else (answer, None)
         if status != 101:
-            return web.json_response({"error": {"code": str(status)}}, status=status)
+            headers = {"Retry-After": retry_after} if retry_after else None
+            return web.json_response(
+                {"error": {"code": str(status)}}, status=status, headers=headers
+            )
         ws = web.WebSocketResponse()
         await ws.prepare(request)
         async for _ in ws:
@@ -295,10 +300,22 @@ async def test_a_401_with_a_key_is_not_retried(status_server: Any) -> None:
 
 async def test_a_503_carries_retry_after(status_server: Any) -> None:
     url, _, statuses = status_server
-    statuses.append(503)
+    statuses.append((503, "7"))
     with pytest.raises(connection.RealtimeHandshakeError) as info:
         await _open(url, connection.Credentials(api_key="k"))
     assert info.value.retryable and info.value.status_code == 503
+    assert info.value.retry_after == 7.0
+    assert "(Retry-After 7 s)" in str(info.value)
+
+
+async def test_an_unexpected_handshake_error_is_fatal_with_its_cause(status_server: Any) -> None:
+    url, seen, _ = status_server
+    # past the checks of with_azure and the constructors: aiohttp refuses the header itself
+    with pytest.raises(connection.APIConnectionError) as info:
+        await _open(url, connection.Credentials(api_key="k\nX-Injected: 1"))
+    assert not info.value.retryable and seen == []
+    assert str(info.value).startswith("realtime connection failed: the handshake with 127.0.0.1:")
+    assert "ValueError" in str(info.value)
 
 
 async def test_an_unreachable_host_names_the_cause() -> None:
@@ -316,3 +333,159 @@ async def test_an_unreachable_host_names_the_cause() -> None:
         f"realtime connection failed: cannot reach 127.0.0.1:{port} (connection refused); "
         "check the endpoint and the network"
     )
+
+
+# ------------------------------------------------------------------- review of issue 16 fixes
+
+
+async def test_a_provider_that_never_returns_is_the_provider_error_at_the_timeout() -> None:
+    async def stuck_provider() -> str:
+        await asyncio.Event().wait()
+        return "never"
+
+    with pytest.raises(connection.APIConnectionError) as info:
+        await connection.Credentials(token_provider=stuck_provider).token(timeout=0.05)
+    assert info.value.retryable
+    assert str(info.value) == (
+        "realtime connection failed: azure_ad_token_provider 'stuck_provider' returned no token "
+        "within 0.05 s (timeout)"
+    )
+
+
+async def test_a_coroutine_a_sync_provider_returns_too_late_is_closed_not_left_unawaited() -> None:
+    release = threading.Event()
+    made: list[Any] = []
+
+    async def fetch() -> str:
+        return "late"
+
+    def slow_provider() -> Any:
+        release.wait(10)
+        made.append(fetch())
+        return made[-1]
+
+    with pytest.raises(connection.APIConnectionError, match="returned no token within"):
+        await connection.Credentials(token_provider=slow_provider).token(timeout=0.05)
+    release.set()
+    for _ in range(500):  # generous guard: the thread hands its result back to the loop
+        if made and made[0].cr_frame is None:
+            break
+        await asyncio.sleep(0.01)
+    assert made and made[0].cr_frame is None  # closed: no "never awaited" warning
+
+
+async def test_a_future_of_another_loop_is_the_provider_error() -> None:
+    def provider_with_its_own_loop() -> Any:
+        return asyncio.new_event_loop().create_future()
+
+    with pytest.raises(connection.APIConnectionError) as info:
+        await connection.Credentials(token_provider=provider_with_its_own_loop).token()
+    assert "'provider_with_its_own_loop' returned a future of another event loop" in str(info.value)
+
+
+async def test_a_provider_token_with_a_control_character_is_the_provider_error() -> None:
+    with pytest.raises(connection.APIConnectionError) as info:
+        await connection.Credentials(token_provider=lambda: "tok\r\nX-Injected: 1").token()
+    assert info.value.retryable
+    assert "returned a token with a control character" in str(info.value)
+    assert "X-Injected" not in str(info.value)
+
+
+@pytest.mark.parametrize("argument", ["api_key", "entra_token", "AZURE_OPENAI_API_KEY"])
+def test_a_control_character_in_a_key_or_token_is_refused_naming_the_argument(
+    argument: str,
+) -> None:
+    secret = "s3cret-value\n"
+    given: dict[str, str | None] = {"api_key": None, "entra_token": None}
+    env: dict[str, str] = {}
+    if argument == "AZURE_OPENAI_API_KEY":
+        env[argument] = secret
+    else:
+        given[argument] = secret
+    with pytest.raises(ValueError) as info:
+        connection.resolve_credentials(**given, azure_ad_token_provider=None, env=env)
+    assert str(info.value).startswith(f"with_azure(): {argument} has a control character")
+    assert "s3cret" not in str(info.value)
+
+
+def test_the_direct_check_refuses_a_key_with_a_provider() -> None:
+    with pytest.raises(ValueError, match=r"^RealtimeModel\(\): pass either azure_ad_token_"):
+        connection.check_credentials("RealtimeModel()", "k", None, lambda: "t")
+
+
+@pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-inf", "1e400"])
+def test_a_retry_after_that_is_no_finite_number_is_unreadable(value: str) -> None:
+    assert connection.parse_retry_after(value) is None
+    error = connection.handshake_error(429, "wss://h/openai/v1/realtime", {"Retry-After": value})
+    assert error.retry_after is None and "Retry-After" not in str(error)
+    assert connection.retry_delay(error, 0.1) == 0.1
+
+
+def test_a_negative_retry_after_is_no_wait() -> None:
+    assert connection.parse_retry_after("-5") == 0.0
+
+
+def test_the_retry_decision_gives_up_or_waits() -> None:
+    from livekit.agents import APIConnectOptions
+
+    options = APIConnectOptions(max_retry=2, retry_interval=0.5, timeout=5)
+    refused = connection.handshake_error(401, "wss://h/openai/v1/realtime")
+    assert connection.retry_decision(refused, 0, options).failure is refused
+    busy = connection.handshake_error(503, "wss://h/openai/v1/realtime", {"Retry-After": "3"})
+    retry = connection.retry_decision(busy, 1, options)
+    assert retry.failure is None and retry.delay == 3.0
+    assert retry.warning.startswith("OpenAI Realtime API connection failed, retrying in 3.0s: ")
+    last = connection.retry_decision(busy, 2, options).failure
+    assert last is not None and not last.retryable
+    assert str(last).startswith("OpenAI Realtime API connection failed after 3 attempts: ")
+    no_retries = APIConnectOptions(max_retry=0, retry_interval=0.5, timeout=5)
+    assert connection.retry_decision(busy, 0, no_retries).failure is busy
+
+
+def test_a_password_in_the_endpoint_is_never_shown() -> None:
+    endpoint = "https://user:pa55word@gw.example.com:8443/openai/realtime?x=1"
+    with pytest.raises(ValueError) as info:
+        connection.azure_base_url(endpoint)
+    assert "gw.example.com:8443/openai/realtime" in str(info.value)
+    url = "wss://user:pa55word@gw.example.com:8443/openai/v1/realtime?model=m"
+    shown = [
+        str(info.value),
+        str(connection.handshake_error(401, url)),
+        str(connection.connection_error(asyncio.TimeoutError(), url, 5)),
+    ]
+    assert all("pa55word" not in text and "user:" not in text for text in shown)
+    assert "gw.example.com:8443" in shown[2]
+
+
+def test_a_deployment_path_is_refused_showing_the_expected_form() -> None:
+    with pytest.raises(ValueError) as info:
+        connection.azure_base_url("https://x.openai.azure.com/openai/deployments/d/realtime")
+    assert "has a deployment path" in str(info.value)
+    assert "https://<resource>.openai.azure.com" in str(info.value)
+
+
+def test_a_fragment_gets_its_own_message() -> None:
+    with pytest.raises(ValueError, match="has a #fragment: pass the resource endpoint"):
+        connection.azure_base_url("https://x.openai.azure.com#frag")
+
+
+@pytest.mark.parametrize(
+    ("base_url", "warns"),
+    [
+        ("http://x.openai.azure.com/openai", True),
+        ("http://127.0.0.1:8080/openai", False),
+        ("http://localhost:8080/openai", False),
+        ("http://[::1]:8080/openai", False),
+        ("https://x.openai.azure.com/openai", False),
+    ],
+)
+def test_an_http_endpoint_warns_of_cleartext_unless_loopback(base_url: str, warns: bool) -> None:
+    warning = connection.cleartext_warning(base_url)
+    assert (warning is not None) == warns
+    if warning:
+        assert "cleartext" in warning
+
+
+def test_a_provider_result_kind_is_named_with_the_right_article() -> None:
+    assert connection._kind(42) == "an int"
+    assert connection._kind(b"x") == "a bytes"
