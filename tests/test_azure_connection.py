@@ -15,16 +15,18 @@ import contextlib
 import gc
 import importlib.metadata
 import logging
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 from fake_azure import FakeAzureRealtimeServer, make_model
-from sync_helpers import STATE_MACHINE
+from sync_helpers import FORK_BEFORE, LANDED, STATE_MACHINE
 
 from livekit.agents import AgentSession, APIConnectOptions, llm
 
-FORK_AND_UPSTREAM = ("1.4.6", STATE_MACHINE)
+# none of them takes a token provider or says why a handshake failed
+FORK_AND_UPSTREAM = ("1.4.6", FORK_BEFORE, LANDED, STATE_MACHINE)
 
 
 @pytest.fixture(autouse=True)
@@ -347,9 +349,9 @@ def test_openai_api_version_in_the_environment_is_named_and_warned_about(
     assert "OPENAI_API_VERSION environment variable" in str(info.value)
     assert "was given" not in str(info.value)
     # once per process: forget the warnings an earlier test of this run had
-    from livekit.plugins.openai.realtime import realtime_model
+    from livekit.plugins.openai.realtime import connection
 
-    monkeypatch.setattr(realtime_model, "_warned_once", set())
+    monkeypatch.setattr(connection, "_warned", set())
     caplog.set_level(logging.WARNING)
     caplog.clear()
     for _ in range(2):
@@ -380,3 +382,198 @@ def test_the_module_version_is_the_distributions() -> None:
     from livekit.plugins import openai
 
     assert openai.__version__ == importlib.metadata.version("livekit-plugins-openai")
+
+
+# ------------------------------------------------------------ review of the issue 16 fixes
+
+GIVE_UP = APIConnectOptions(max_retry=0, retry_interval=0.01, timeout=0.2)
+
+
+@pytest.mark.regression(fails_on=FORK_AND_UPSTREAM)
+async def test_a_token_provider_that_never_returns_fails_the_connect_at_its_timeout(
+    fake_azure: FakeAzureRealtimeServer,
+) -> None:
+    async def stuck_provider() -> str:
+        await asyncio.Event().wait()
+        return "never"
+
+    model = make_model(
+        fake_azure, api_key=None, azure_ad_token_provider=stuck_provider, conn_options=GIVE_UP
+    )
+    session = model.session()
+    errors = Errors(session)
+    try:
+        with pytest.raises(llm.RealtimeError) as info:
+            await asyncio.wait_for(session.update_chat_ctx(_message("never sent")), 10.0)
+    finally:
+        await asyncio.wait_for(session.aclose(), 5.0)
+        await model.aclose()
+    cause = (
+        "realtime connection failed: azure_ad_token_provider 'stuck_provider' returned no token "
+        "within 0.2 s (timeout)"
+    )
+    assert errors.fatal == [cause]
+    assert cause in str(info.value)
+    assert fake_azure.connections == 0
+
+
+@pytest.mark.regression(fails_on=FORK_AND_UPSTREAM)
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_aclose_during_a_token_provider_call_returns_and_opens_no_websocket(
+    fake_azure: FakeAzureRealtimeServer, kind: str
+) -> None:
+    fake_azure.rotate_token("tok")
+    called = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    release = threading.Event()
+
+    def slow_sync() -> str:
+        loop.call_soon_threadsafe(called.set)
+        release.wait(10)
+        return "tok"
+
+    async def slow_async() -> str:
+        called.set()
+        await asyncio.get_running_loop().run_in_executor(None, release.wait, 10)
+        return "tok"
+
+    provider = slow_sync if kind == "sync" else slow_async
+    model = make_model(fake_azure, api_key=None, azure_ad_token_provider=provider)
+    session = model.session()
+    errors = Errors(session)
+    try:
+        await asyncio.wait_for(called.wait(), 10.0)
+        await asyncio.wait_for(session.aclose(), 5.0)  # the provider is still blocked
+    finally:
+        release.set()
+        await session.aclose()
+        await model.aclose()
+    await asyncio.sleep(0.2)  # the released provider's token arrives after the close
+    assert fake_azure.connections == 0 and fake_azure.handshake_bearers == []
+    assert errors.fatal == []
+
+
+@pytest.mark.regression(fails_on=FORK_AND_UPSTREAM)
+@pytest.mark.parametrize("argument", ["api_key", "entra_token"])
+def test_a_newline_in_a_key_or_token_is_refused_at_construction(
+    fake_azure: FakeAzureRealtimeServer, argument: str
+) -> None:
+    kwargs: dict[str, Any] = {"api_key": None, argument: "s3cret\n"}
+    with pytest.raises(ValueError) as info:
+        make_model(fake_azure, **kwargs)
+    assert str(info.value).startswith(f"with_azure(): {argument} has a control character")
+    assert "s3cret" not in str(info.value)
+
+
+@pytest.mark.regression(fails_on=FORK_AND_UPSTREAM)
+async def test_an_unexpected_handshake_failure_is_the_sessions_fatal_error(
+    fake_azure: FakeAzureRealtimeServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    model = make_model(fake_azure)
+    # past the constructor's check (as a subclass or a later edit could): aiohttp refuses it
+    model._opts.api_key = fake_azure.api_key + "\n"
+    session, errors = await _fatal_session(model, fake_azure)
+    try:
+        with pytest.raises(llm.RealtimeError) as info:
+            await session.update_chat_ctx(_message("never sent"))
+        caplog.clear()
+        await asyncio.wait_for(session.aclose(), 5.0)  # nothing re-raised
+    finally:
+        await session.aclose()
+        await model.aclose()
+    assert len(errors.fatal) == 1 and errors.recoverable == []
+    assert errors.fatal[0].startswith("realtime connection failed: the handshake with 127.0.0.1:")
+    assert "ValueError" in errors.fatal[0]
+    assert errors.fatal[0] in str(info.value)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert fake_azure.connections == 0
+
+
+async def test_aclose_during_a_retry_after_wait_returns_at_once(
+    fake_azure: FakeAzureRealtimeServer,
+) -> None:
+    fake_azure.refuse_handshakes(503, count=5, retry_after="30")
+    model = make_model(
+        fake_azure, conn_options=APIConnectOptions(max_retry=3, retry_interval=0.01, timeout=5)
+    )
+    session = model.session()
+    errors = Errors(session)
+    try:
+        await _until(lambda: bool(errors.recoverable), fake_azure)
+        # generous guard: the wait is 30 s, a close must not sit it out
+        await asyncio.wait_for(session.aclose(), 10.0)
+    finally:
+        await model.aclose()
+    assert fake_azure.handshake_failures == [503] and fake_azure.connections == 0
+    assert errors.fatal == []
+
+
+async def test_a_retry_after_that_is_no_number_is_retried_after_the_backoff(
+    fake_azure: FakeAzureRealtimeServer,
+) -> None:
+    fake_azure.refuse_handshakes(429, retry_after="nan")
+    model = make_model(fake_azure, conn_options=FAST_RETRY)
+    session = model.session()
+    errors = Errors(session)
+    try:
+        await asyncio.wait_for(session.update_chat_ctx(_message("after the 429")), 10.0)
+    finally:
+        await session.aclose()
+        await model.aclose()
+    assert fake_azure.handshake_failures == [429] and fake_azure.connections == 1
+    assert len(errors.recoverable) == 1 and "Retry-After" not in errors.recoverable[0]
+    assert _texts(fake_azure) == ["after the 429"]
+
+
+@pytest.mark.regression(fails_on=FORK_AND_UPSTREAM)
+async def test_generate_reply_after_a_fatal_error_carries_its_cause(
+    fake_azure: FakeAzureRealtimeServer,
+) -> None:
+    model = make_model(fake_azure, api_key="wrong")
+    session, errors = await _fatal_session(model, fake_azure)
+    try:
+        with pytest.raises(llm.RealtimeError) as sync:
+            await session.update_chat_ctx(_message("after the refusal"))
+        with pytest.raises(llm.RealtimeError) as reply:
+            await asyncio.wait_for(session.generate_reply(), 10.0)
+    finally:
+        await session.aclose()
+        await model.aclose()
+    cause = errors.fatal[0]
+    assert str(reply.value) == f"generate_reply: the realtime session failed: {cause}"
+    assert str(sync.value) == f"update_chat_ctx: the realtime session failed: {cause}"
+
+
+@pytest.mark.regression(fails_on=FORK_AND_UPSTREAM)
+def test_the_direct_constructor_refuses_a_key_with_a_provider(protocol: str) -> None:
+    from livekit.plugins import openai
+
+    cls = openai.realtime.RealtimeModel if protocol == "ga" else openai.realtime.RealtimeModelBeta
+    with pytest.raises(ValueError, match=r"\(\): pass either azure_ad_token_provider or api_key"):
+        cls(
+            base_url="https://x.openai.azure.com/openai",
+            azure_deployment="d",
+            api_key="k",
+            azure_ad_token_provider=lambda: "t",
+            api_version="2024-10-01-preview",
+        )
+
+
+@pytest.mark.regression(fails_on=FORK_AND_UPSTREAM)
+def test_an_http_endpoint_off_loopback_warns_once_of_cleartext(
+    protocol: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from livekit.plugins import openai
+
+    kwargs: dict[str, Any] = {"api_version": "2024-10-01-preview"} if protocol == "preview" else {}
+    endpoint = f"http://plain-{protocol}.example.com"
+    with caplog.at_level(logging.WARNING):
+        for _ in range(2):
+            openai.realtime.RealtimeModel.with_azure(
+                azure_endpoint=endpoint, azure_deployment="d", api_key="k", **kwargs
+            )
+    warned = [r.getMessage() for r in caplog.records if "cleartext" in r.getMessage()]
+    assert warned == [
+        f"azure_endpoint plain-{protocol}.example.com is http://: the key or token goes over "
+        "the network in cleartext; use https://"
+    ]
