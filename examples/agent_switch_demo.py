@@ -85,6 +85,8 @@ class Switch:
     sync_s: float | None = None
     switch_s: float | None = None
     sync_error: str | None = None
+    connected: bool = False
+    """the service sent the switch's realtime session any event (its connection was up)"""
     confirmed: bool = False
     """the service confirmed the create of the switch's system message (item created/added)"""
     events: Counter[str] = field(default_factory=Counter)
@@ -128,6 +130,7 @@ class Demo:
                 switch.events[str(event.get("type"))] += 1
 
         def on_server_event(event: dict[str, Any]) -> None:
+            switch.connected = True
             if event.get("type") in ("conversation.item.created", "conversation.item.added"):
                 item = event.get("item") or {}
                 texts = [part.get("text") for part in item.get("content") or []]
@@ -342,6 +345,11 @@ def report(demo: Demo) -> tuple[int, str, str | None]:
             )
         if s.sync_error:
             print(f"  update_chat_ctx raised: {s.sync_error}")
+        if not s.connected:
+            # nothing was verified: the session never heard from the service
+            print("  verified:      nothing (the realtime session never connected)")
+            print(f"  time:          switch {ms(s.switch_s)}, update_chat_ctx {ms(s.sync_s)}")
+            continue
         checks = [
             "no item.type / previous_item_id error"
             if not s.errors
