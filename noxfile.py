@@ -597,7 +597,8 @@ def patches(session: nox.Session) -> None:
 
     Three trees must be equal, file by file: the applier's (patches/series plus src/, what the
     wheel is built from), the complete exported series (``python3 dev.py series``) applied with
-    ``git am`` onto the pristine sdist laid out as the monorepo, and the built wheel's ``livekit/``.
+    ``git am`` onto the pristine sdist laid out as the monorepo, and the built wheel's ``livekit/``
+    (whose ``version.py`` the build stamps with the distribution's version).
     """
     try:
         names = lk_fork_patch.read_series(PATCHES)
@@ -688,6 +689,11 @@ def patches(session: nox.Session) -> None:
 
         wheel = built_wheel(session)
         package = {k: v for k, v in ours_files.items() if k.split("/", 1)[0] == "livekit"}
+        # the one file the build writes: version.py says the distribution's version
+        version_file = str(lk_fork_backend.VERSION_FILE)
+        package[version_file] = lk_fork_backend.stamped_version_file(
+            package[version_file].decode("utf-8"), lk_fork_backend.project_version()
+        ).encode("utf-8")
         in_wheel = _wheel_package_files(wheel)
         differ = _differing(package, in_wheel)
         if differ:

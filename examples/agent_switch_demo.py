@@ -85,6 +85,10 @@ class Switch:
     sync_s: float | None = None
     switch_s: float | None = None
     sync_error: str | None = None
+    connected: bool = False
+    """the service sent the switch's realtime session any event (its connection was up)"""
+    confirmed: bool = False
+    """the service confirmed the create of the switch's system message (item created/added)"""
     events: Counter[str] = field(default_factory=Counter)
     errors: list[str] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
@@ -107,6 +111,8 @@ class Demo:
         self.late_errors: list[str] = []
         self.done = asyncio.Event()
         self.flow_error: str | None = None
+        self.fatal_error: str | None = None
+        """why the agent session closed itself (e.g. a refused connection), if it did"""
         self._tasks: set[asyncio.Task[None]] = set()
         # each agent activity opens its own realtime session: watch every one from its start
         new_session = model.session
@@ -124,6 +130,12 @@ class Demo:
                 switch.events[str(event.get("type"))] += 1
 
         def on_server_event(event: dict[str, Any]) -> None:
+            switch.connected = True
+            if event.get("type") in ("conversation.item.created", "conversation.item.added"):
+                item = event.get("item") or {}
+                texts = [part.get("text") for part in item.get("content") or []]
+                if item.get("role") == "system" and system_note(switch.agent) in texts:
+                    switch.confirmed = True
             if event.get("type") != "error":
                 return
             error = event.get("error") or {}
@@ -201,6 +213,10 @@ class SwitchAgent(Agent):
         except llm.RealtimeError as e:
             switch.sync_error = f"{type(e).__name__}: {e}"
         switch.sync_s = time.perf_counter() - started
+        if switch.sync_error:
+            switch.settled = True
+            demo.fail(f"update_chat_ctx raised on switch {switch.number}")  # no use going on
+            return
         # the switch: the framework's handover up to on_enter, then the sync (not the caller)
         switch.switch_s = switch.entered_at - switch.requested_at + switch.sync_s
         switch.settled = True
@@ -276,7 +292,16 @@ class SwitchAgent(Agent):
 
 async def run_flow(demo: Demo) -> None:
     session: AgentSession[None] = AgentSession(llm=demo.model)
-    session.on("close", lambda _: demo.done.set())
+    closed = asyncio.Event()
+
+    def on_close(ev: Any) -> None:
+        if ev.error is not None:  # the session ended itself: the cause is the demo's outcome
+            demo.fatal_error = str(getattr(ev.error, "error", ev.error))
+            demo.fail(f"the agent session closed: {demo.fatal_error}")
+        closed.set()
+        demo.done.set()
+
+    session.on("close", on_close)
     demo.request_switch(AGENTS[0], None, "session start")
     try:
         await session.start(SwitchAgent(demo, 0))
@@ -288,12 +313,11 @@ async def run_flow(demo: Demo) -> None:
             await demo.fake.wait_idle()
     finally:
         await demo.cancel_tasks()
-        # drain: aclose() alone interrupts, i.e. sends a response.cancel to an idle session
-        closed = asyncio.Event()
-        session.on("close", lambda _: closed.set())
-        session.shutdown(drain=True)
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(closed.wait(), 10.0)
+        if not closed.is_set():
+            # drain: aclose() alone interrupts, i.e. sends a response.cancel to an idle session
+            session.shutdown(drain=True)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(closed.wait(), 10.0)
         await session.aclose()
 
 
@@ -301,7 +325,7 @@ def ms(seconds: float | None) -> str:
     return "n/a" if seconds is None else f"{seconds * 1000:.0f} ms"
 
 
-def report(demo: Demo) -> tuple[int, str]:
+def report(demo: Demo) -> tuple[int, str, str | None]:
     """Print the account of every switch; return the exit code and the summary line."""
     for s in demo.switches:
         origin = f"{s.came_from} -> " if s.came_from else "-> "
@@ -321,6 +345,20 @@ def report(demo: Demo) -> tuple[int, str]:
             )
         if s.sync_error:
             print(f"  update_chat_ctx raised: {s.sync_error}")
+        if not s.connected:
+            # nothing was verified: the session never heard from the service
+            print("  verified:      nothing (the realtime session never connected)")
+            print(f"  time:          switch {ms(s.switch_s)}, update_chat_ctx {ms(s.sync_s)}")
+            continue
+        checks = [
+            "no item.type / previous_item_id error"
+            if not s.errors
+            else "FAILED: the service returned errors",
+            "the system message's create confirmed by the service"
+            if s.confirmed
+            else "NOT confirmed: the service announced no system message item",
+        ]
+        print(f"  verified:      {'; '.join(checks)}")
         print(f"  time:          switch {ms(s.switch_s)}, update_chat_ctx {ms(s.sync_s)}")
         for note in s.notes:
             print(f"  {note}")
@@ -343,9 +381,9 @@ def report(demo: Demo) -> tuple[int, str]:
         errors
         or demo.flow_error
         or len(entered) < len(AGENTS)
-        or any(s.sync_error or s.lost_audio for s in demo.switches)
+        or any(s.sync_error or s.lost_audio or not s.confirmed for s in entered)
     )
-    return (1 if failed else 0), summary + (" FAILED" if failed else "")
+    return (1 if failed else 0), summary + (" FAILED" if failed else ""), demo.fatal_error
 
 
 @contextlib.contextmanager
@@ -359,7 +397,7 @@ def without_env(name: str) -> Iterator[None]:
             os.environ[name] = saved
 
 
-async def run_fake(protocol: Protocol) -> tuple[int, str]:
+async def run_fake(protocol: Protocol) -> tuple[int, str, str | None]:
     tests_dir = str(Path(__file__).resolve().parents[1] / "tests")
     if tests_dir not in sys.path:
         sys.path.insert(0, tests_dir)
@@ -392,7 +430,7 @@ class AzureTarget:
     api_version: str | None
 
 
-async def run_azure(target: AzureTarget, protocol: Protocol) -> tuple[int, str]:
+async def run_azure(target: AzureTarget, protocol: Protocol) -> tuple[int, str, str | None]:
     with without_env(API_VERSION_ENV):
         if protocol == "preview":
             model: llm.RealtimeModel = openai.realtime.RealtimeModel.with_azure(
@@ -448,15 +486,19 @@ def choose_azure_protocols(
     return wanted, why
 
 
-async def run_all(runs: list[Callable[[], Awaitable[tuple[int, str]]]]) -> int:
-    code, summaries = 0, []
+async def run_all(runs: list[Callable[[], Awaitable[tuple[int, str, str | None]]]]) -> int:
+    code, summaries, causes = 0, [], []
     for run in runs:
-        run_code, summary = await run()
+        run_code, summary, cause = await run()
         print()
         code = max(code, run_code)
         summaries.append(summary)
+        if cause:
+            causes.append(cause)
     for summary in summaries:
         print(summary)
+    for cause in causes:  # why a run could not even start: the last line(s)
+        print(f"error: {cause}")
     return code
 
 
@@ -486,7 +528,8 @@ def main(argv: list[str] | None = None) -> int:
     deployment = args.deployment or os.environ.get(DEPLOYMENT_ENV)
     api_version = args.api_version or os.environ.get(API_VERSION_ENV) or None
     configured = all(os.environ.get(n) for n in AZURE_ENV) and bool(deployment)
-    runs: list[Callable[[], Awaitable[tuple[int, str]]]] = []
+    runs: list[Callable[[], Awaitable[tuple[int, str, str | None]]]] = []
+    print(f"plugin: livekit-plugins-openai {openai.__version__}")
     if args.azure or (configured and not args.fake):
         missing = [n for n in AZURE_ENV if not os.environ.get(n)]
         if not deployment:

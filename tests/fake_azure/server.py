@@ -167,7 +167,7 @@ class FakeAzureRealtimeServer:
             route the server speaks. A request on the other protocol's route gets a 404.
         legacy_event_names: GA only, see ``GaProtocol``.
         api_key: key expected in the ``api-key`` header (or as ``Authorization: Bearer``, an
-            Entra token).
+            Entra token, until :meth:`rotate_token` sets the token apart).
         deployment: the only deployment name that exists.
         enforce_function_call_output_call_id: reject a ``function_call_output`` whose
             ``call_id`` matches no ``function_call`` in the conversation. Guess: OpenAI documents
@@ -214,6 +214,11 @@ class FakeAzureRealtimeServer:
         """The final conversation of every connection that ended, in order of ending."""
         self.handshake_failures: list[int] = []
         """HTTP status of every rejected websocket handshake."""
+        self.bearer_tokens: set[str] = {api_key}
+        """The ``Authorization: Bearer`` tokens accepted (Entra tokens), see :meth:`rotate_token`."""
+        self.handshake_bearers: list[str | None] = []
+        """The bearer token of every websocket handshake (``None``: none), in order."""
+        self._refusals: deque[tuple[int, str | None]] = deque()
         self.typeless_creates = 0
         """Number of ``conversation.item.create`` events whose item had no ``type``."""
         self.connections = 0
@@ -444,6 +449,19 @@ class FakeAzureRealtimeServer:
         """Call ``callback`` with every client event as it arrives, before it is applied."""
         self._observers.append(callback)
 
+    def rotate_token(self, token: str) -> None:
+        """Accept only ``token`` as bearer token from now on: earlier ones expired (a 401).
+
+        Live connections stay up (guess: Azure checks the token at the handshake only)."""
+        self.bearer_tokens = {token}
+
+    def refuse_handshakes(
+        self, status: int, count: int = 1, *, retry_after: str | None = None
+    ) -> None:
+        """Answer the next ``count`` websocket handshakes with HTTP ``status`` (before checking
+        credentials), with a ``Retry-After`` header when given: a busy or failing service."""
+        self._refusals.extend([(status, retry_after)] * count)
+
     def drop_when(self, match: Callable[[int, JsonDict], bool]) -> None:
         """Drop the connection (as ``drop_connections`` does) on the next client event that
         ``match(connection_index, event)`` accepts, before applying it: a network drop in the
@@ -545,7 +563,13 @@ class FakeAzureRealtimeServer:
         # Guess: the order Azure checks things in (auth first) and the exact error bodies.
         bearer = request.headers.get("Authorization", "")
         token = bearer[len("Bearer ") :] if bearer.startswith("Bearer ") else None
-        if request.headers.get("api-key") != self.api_key and token != self.api_key:
+        self.handshake_bearers.append(token)
+        if self._refusals:
+            status, retry_after = self._refusals.popleft()
+            # Guess: the body of a throttled (429) or failing (5xx) handshake
+            headers = {"Retry-After": retry_after} if retry_after is not None else None
+            return self._http_error(status, str(status), "Refused by the test.", headers)
+        if request.headers.get("api-key") != self.api_key and token not in self.bearer_tokens:
             return self._http_error(
                 401,
                 "401",
@@ -598,10 +622,14 @@ class FakeAzureRealtimeServer:
         # Guess: a deployment of one protocol is not served on the other protocol's route
         return self._http_error(404, "404", "Resource not found")
 
-    def _http_error(self, status: int, code: str, message: str) -> web.Response:
+    def _http_error(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> web.Response:
         self.handshake_failures.append(status)
         self._notify()
-        return web.json_response({"error": {"code": code, "message": message}}, status=status)
+        return web.json_response(
+            {"error": {"code": code, "message": message}}, status=status, headers=headers
+        )
 
     async def _end_connection(self, conn: _Connection) -> None:
         conn.closed = True

@@ -47,6 +47,9 @@ _SDIST_FILES = ("pyproject.toml", "README.md")
 _FORK_FILES = ("LICENSE", "NOTICE")  # at the repository root, or next to patches/ in our sdist
 # the fork's own modules, laid out as in the package (src/livekit/...), next to patches/
 SRC_DIR = "src"
+# the module that says the package's version: the wheel's says the distribution's
+VERSION_FILE = PurePosixPath("livekit/plugins/openai/version.py")
+_VERSION_LINE = re.compile(r'^__version__ = "[^"\n]*"$', re.MULTILINE)
 
 ConfigSettings = Mapping[str, Any] | None
 
@@ -320,6 +323,36 @@ def chdir(path: Path) -> Iterator[None]:
         os.chdir(old)
 
 
+def project_version() -> str:
+    """``[project] version`` of our ``pyproject.toml`` (the distribution's version)."""
+    path = project_dir() / "pyproject.toml"
+    project = lk_fork_fetch.load_toml(path.read_text(encoding="utf-8")).get("project", {})
+    value = project.get("version") if isinstance(project, dict) else None
+    if not isinstance(value, str) or not value:
+        raise ForkBuildError(f"error: {path} has no [project] version")
+    return value
+
+
+def stamped_version_file(text: str, version: str) -> str:
+    """``version.py``'s text saying ``version`` (upstream's says the upstream release).
+
+    Raises:
+        ForkBuildError: The file does not have exactly one ``__version__ = "..."`` line.
+    """
+    lines = _VERSION_LINE.findall(text)
+    if len(lines) != 1:
+        raise ForkBuildError(
+            f'error: {VERSION_FILE} has {len(lines)} `__version__ = "..."` lines, expected one'
+        )
+    return _VERSION_LINE.sub(f'__version__ = "{version}"', text)
+
+
+def stamp_version(root: Path, version: str) -> None:
+    """Write ``version`` into ``version.py`` below ``root`` (the tree holding ``livekit/``)."""
+    path = root.joinpath(*VERSION_FILE.parts)
+    path.write_text(stamped_version_file(path.read_text(encoding="utf-8"), version), "utf-8")
+
+
 def _copy_project_files(dest: Path, patches_dir: Path) -> None:
     root = project_dir()
     for name in _SDIST_FILES:
@@ -408,6 +441,8 @@ def build_wheel(
         stage = work / "stage"
         stage.mkdir()
         shutil.copytree(tree / "livekit", stage / "livekit")
+        # __version__ says the fork's version, not upstream's (the series leaves version.py alone)
+        stamp_version(stage, project_version())
         _copy_project_files(stage, patches_dir)
         built = work / "built"
         built.mkdir()

@@ -76,12 +76,16 @@ class ChatSyncIO:
         # set while syncs may use the connection: it is up and, after a reconnect, the replay of
         # the conversation is answered; cleared when the connection drops
         self.ready = asyncio.Event()
+        # set once the session closes: a connection attempt or a retry's wait stops there
+        self.closing = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         # syncs asked for and not yet queued, and the requests asked for after them
         self._open_syncs: deque[int] = deque()
         self._held_back: deque[tuple[int, Any]] = deque()
         self._sync_count = 0
         self.replies = ReplyRequests()
+        # why the session's connection failed for good, once it did (see ``failed``)
+        self.failure: str | None = None
 
     @classmethod
     def of_session(
@@ -197,6 +201,8 @@ class ChatSyncIO:
         """
         if not self._closed():
             await self.ready.wait()
+        if self.failure is not None:
+            raise ChatContextSyncError(f"update_chat_ctx: the realtime session {self.failure}")
         if self._closed():
             raise ChatContextSyncError("update_chat_ctx called on a closed realtime session")
 
@@ -367,6 +373,15 @@ class ChatSyncIO:
         self.state.close()
         self.replies.fail_all("the realtime session closed before the reply was created")
         self.ready.set()  # wake the syncs waiting for a connection: they fail
+        self.closing.set()
+
+    def failed(self, error: Exception) -> None:
+        """The connection failed for good (``error`` says why): syncs and replies waiting for
+        it, and later ones, fail at once with that cause."""
+        self.failure = f"failed: {error}"
+        self.replies.failure = f"the realtime session {self.failure}"
+        self.replies.fail_all(self.replies.failure)
+        self.ready.set()
 
     async def aclose(self) -> None:
         await utils.aio.cancel_and_wait(*self._tasks)
@@ -433,11 +448,15 @@ class ReplyRequests:
         self.futures: dict[str, asyncio.Future[llm.GenerationCreatedEvent]] = {}
         self._sent: set[str] = set()  # response.create events sent on this connection
         self._dropped: set[str] = set()  # ...and those never to be sent
+        # why the session's connection failed for good, once it did (later requests fail so)
+        self.failure: str | None = None
 
     def open(self, event_id: str, *, closed: bool) -> asyncio.Future[llm.GenerationCreatedEvent]:
-        """A new request; failed at once when the session is closed."""
+        """A new request; failed at once when the session is closed or its connection failed."""
         fut = asyncio.Future[llm.GenerationCreatedEvent]()
-        if closed:
+        if self.failure is not None:
+            fut.set_exception(llm.RealtimeError(f"generate_reply: {self.failure}"))
+        elif closed:
             fut.set_exception(
                 llm.RealtimeError("generate_reply called on a closed realtime session")
             )
