@@ -20,6 +20,8 @@ Sessions (``nox -l`` lists them):
   of them writes.
 * ``bench``, ``soak``, ``demo``, ``upstream``: thin wrappers around scripts in tools/, tests/ and
   examples/.
+* ``main_prs``: opt-in; each patch of patches/main alone on its BASE (tools/upstream_check.py
+  --each-patch), with a table; needs ``-- --checkout PATH`` or ``LK_AGENTS_CHECKOUT``.
 * ``live``: the opt-in live check on real Azure (tools/live_check.py); one skip line and exit 0
   unless the Azure variables are set.
 """
@@ -790,6 +792,72 @@ def live(session: nox.Session) -> None:
 def upstream(session: nox.Session) -> None:
     """Run tools/upstream_check.py (compares the fork with upstream)."""
     _script_session(session, ROOT / "tools" / "upstream_check.py", *session.posargs)
+
+
+@nox.session
+def main_prs(session: nox.Session) -> None:
+    """Check each patch of patches/main ALONE on patches/main/BASE and print the table.
+
+    Needs a livekit/agents git checkout (``-- --checkout PATH`` or ``LK_AGENTS_CHECKOUT``) that
+    has the base commit; without one it fails, it never passes unchecked. The tools run in
+    ``LK_AGENTS_PYTHON`` (or ``-- --python``) if given, else in this session's venv, made from
+    the checkout's own livekit-agents, -openai and -xai at BASE plus pytest, pytest-asyncio,
+    aiohttp, ruff and mypy.
+    """
+    args = list(session.posargs)
+    checkout = os.environ.get("LK_AGENTS_CHECKOUT")
+    if "--checkout" in args[:-1]:
+        checkout = args[args.index("--checkout") + 1]
+    if not checkout:
+        session.error(
+            "upstream_check: cannot check: no livekit/agents checkout given "
+            "(pass -- --checkout PATH or set LK_AGENTS_CHECKOUT)"
+        )
+    if "--checkout" not in args:
+        args += ["--checkout", checkout]
+    if "--python" not in args:
+        python = os.environ.get("LK_AGENTS_PYTHON")
+        if not python:
+            base = next(
+                ln.split(":", 1)[1].strip()
+                for ln in (PATCHES / "main" / "BASE").read_text().splitlines()
+                if ln.startswith("commit:")
+            )
+            pkgs = [
+                "livekit-agents",
+                "livekit-plugins/livekit-plugins-openai",
+                "livekit-plugins/livekit-plugins-xai",
+            ]
+            with tempfile.TemporaryDirectory(prefix="main-prs-") as tmp:
+                archive = subprocess.run(
+                    ["git", "-C", checkout, "archive", "--format=tar", base, *pkgs],
+                    capture_output=True,
+                )
+                if archive.returncode != 0:
+                    session.error(
+                        f"upstream_check: cannot check: {checkout} cannot export {base}: "
+                        + archive.stderr.decode(errors="replace").strip()
+                    )
+                with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+                    tar.extractall(tmp, filter="data")
+                session.install(
+                    *(str(Path(tmp) / p) for p in pkgs),
+                    "pytest",
+                    "pytest-asyncio",
+                    "aiohttp",
+                    "ruff",
+                    "mypy",
+                )
+            python = str(Path(session.bin) / "python")
+        args += ["--python", python]
+    session.run(
+        "python",
+        str(ROOT / "tools" / "upstream_check.py"),
+        "--series",
+        "main",
+        "--each-patch",
+        *args,
+    )
 
 
 if __name__ == "__main__":

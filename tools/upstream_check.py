@@ -23,9 +23,15 @@ The tools run in the interpreter given by `--python` (or `LK_AGENTS_PYTHON`), wh
 upstream's test and lint dependencies. The clone's packages are put first on `PYTHONPATH` and
 `MYPYPATH`, so that interpreter's own copies of livekit-agents and its plugins are shadowed.
 
+With `--each-patch` (main series only) every patch is checked ALONE on the base, as the
+independent PR it is: `git am` of that patch only, ruff, ruff format --check and mypy on what it
+changes, its tests passing; then its test hunks alone on the base (`git apply --include=tests/*`):
+the tests it adds must fail there (a `perf` patch's must pass: they pin unchanged behaviour). It
+ends with one table, a row per patch.
+
 Usage:
     python tools/upstream_check.py --checkout PATH [--series main|backport|all]
-        [--python PYTHON] [--backport-python PYTHON] [--keep]
+        [--each-patch] [--python PYTHON] [--backport-python PYTHON] [--keep]
 
 `main` is patches/main/series at the commit recorded in patches/main/BASE; `backport` is the
 complete backport series at tag livekit-agents@1.4.6, as `python3 dev.py series` exports it
@@ -348,6 +354,126 @@ def check_series(
     return report
 
 
+@dataclass
+class PatchRow:
+    name: str
+    changed: int
+    cells: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return all(v.startswith(("PASS", "FAIL as it must")) for v in self.cells.values())
+
+
+_COLUMNS = ("git am", "ruff", "format", "mypy", "tests with it", "tests without it")
+
+
+def _changed_lines(patch: Patch) -> int:
+    """Added plus removed lines of the patch (its test included)."""
+    n = 0
+    for ln in patch.path.read_text().split("\n---\n", 1)[-1].splitlines():
+        if ln.startswith(("+++", "---")):
+            continue
+        if ln.startswith(("+", "-")):
+            n += 1
+    return n
+
+
+def _pytest_counts(out: subprocess.CompletedProcess[str]) -> str:
+    lines = [ln for ln in out.stdout.strip().splitlines() if " in " in ln and "=" not in ln[:1]]
+    summary = (lines or out.stdout.strip().splitlines() or ["no output"])[-1]
+    return summary.strip("= ").split(" in ", 1)[0]
+
+
+def check_each_patch(
+    series_dir: Path, checkout: Path, base_ref: str, *, python: str, keep: bool = False
+) -> list[PatchRow]:
+    """Check every patch of `series_dir` alone on `base_ref`; one row per patch."""
+    rows: list[PatchRow] = []
+    work = Path(tempfile.mkdtemp(prefix="upstream-check-each-"))
+    print(f"== each patch alone on {base_ref}  (checkout {checkout}, python {python})")
+    try:
+        for i, patch in enumerate(read_series(series_dir)):
+            row = PatchRow(patch.path.name, _changed_lines(patch))
+            rows.append(row)
+            cells = row.cells
+            clone = work / f"with-{i}"
+            _clone(checkout, base_ref, clone)
+            out = _am(clone, [patch])
+            cells["git am"] = "PASS" if out.returncode == 0 else "FAIL"
+            if out.returncode != 0:
+                print(_tail(out.stdout))
+                cells.update(dict.fromkeys(_COLUMNS[1:], "not run"))
+                continue
+            env = _tool_env(clone)
+            py = [f for f in patch.files if f.endswith(".py") and (clone / f).exists()]
+            out = _run([python, "-m", "ruff", "check", *py], cwd=clone, env=env)
+            cells["ruff"] = "PASS" if out.returncode == 0 else f"FAIL\n{_tail(out.stdout)}"
+            out = _run([python, "-m", "ruff", "format", "--check", *py], cwd=clone, env=env)
+            cells["format"] = "PASS" if out.returncode == 0 else f"FAIL\n{_tail(out.stdout)}"
+            packages = _packages(patch.files)
+            pkg_args = [a for pkg in packages for a in ("-p", pkg)]
+            out = _run([python, "-m", "mypy", *_MYPY_FLAGS, *pkg_args], cwd=clone, env=env)
+            ours = [
+                ln
+                for ln in out.stdout.splitlines()
+                if ": error:" in ln and ln.split(":", 1)[0] in patch.files
+            ]
+            if out.returncode not in (0, 1) or ours or not packages:
+                cells["mypy"] = "FAIL\n" + ("\n".join(ours) or _tail(out.stdout))
+            else:
+                cells["mypy"] = f"PASS ({' '.join(packages)})"
+            tests = patch.test_files
+            new_tests = [f for f in patch.new_files if _is_test_file(f)] or tests
+            if not tests:
+                cells["tests with it"] = cells["tests without it"] = "FAIL: no test"
+                continue
+            out = _pytest(python, clone, tests)
+            cells["tests with it"] = (
+                f"PASS ({_pytest_counts(out)})"
+                if out.returncode == 0
+                else f"FAIL ({_pytest_counts(out)})\n{_tail(out.stdout)}"
+            )
+            bare = work / f"without-{i}"
+            _clone(checkout, base_ref, bare)
+            applied = _run(["git", "apply", "--include=tests/*", str(patch.path)], cwd=bare)
+            if applied.returncode != 0:
+                cells["tests without it"] = f"FAIL: test hunks do not apply\n{applied.stdout}"
+                continue
+            out = _pytest(python, bare, new_tests)
+            counts = _pytest_counts(out)
+            if patch.kind == "perf":  # a speed-up pins the old behaviour: same result before
+                cells["tests without it"] = (
+                    f"PASS, pins the output ({counts})"
+                    if out.returncode == 0
+                    else f"FAIL ({counts})\n{_tail(out.stdout)}"
+                )
+            else:
+                cells["tests without it"] = (
+                    f"FAIL as it must ({counts})"
+                    if out.returncode == 1
+                    else f"wrong: exit {out.returncode} ({counts})\n{_tail(out.stdout)}"
+                )
+    except RuntimeError as e:  # a clone or checkout failed
+        raise CannotCheck(" ".join(str(e).split())) from None
+    finally:
+        if keep:
+            print(f"  (kept {work})")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    for row in rows:  # details of what failed, then the table
+        for col, val in row.cells.items():
+            if "\n" in val:
+                print(f"-- {row.name}: {col}\n{val.split(chr(10), 1)[1]}")
+    print(f"\n| patch | changed lines | {' | '.join(_COLUMNS)} |")
+    print(f"| --- | --- | {' | '.join('---' for _ in _COLUMNS)} |")
+    for row in rows:
+        vals = [row.cells.get(c, "not run").split("\n", 1)[0] for c in _COLUMNS]
+        size = f"{row.changed}" + ("" if row.changed <= 500 else " (over 500)")
+        print(f"| {row.name} | {size} | {' | '.join(vals)} |")
+    return rows
+
+
 def _check(args: argparse.Namespace, checkout: Path | None) -> list[Report]:
     """Run the chosen series' checks.
 
@@ -377,6 +503,20 @@ def _check(args: argparse.Namespace, checkout: Path | None) -> list[Report]:
             f"{checkout} lacks the base commit(s) {', '.join(missing)} "
             "(git fetch origin --tags, or rebase the main series)"
         )
+    if args.each_patch:
+        if args.series != "main":
+            raise CannotCheck("--each-patch checks the main series only (add --series main)")
+        for tool in ("ruff", "mypy", "pytest"):
+            probe = _run([args.python, "-m", tool, "--version"], cwd=Path.cwd())
+            if probe.returncode != 0:
+                raise CannotCheck(f"{tool} is not installed in {args.python}")
+        rows = check_each_patch(
+            MAIN_SERIES, checkout, wanted[0][1], python=args.python, keep=args.keep
+        )
+        report = Report("main series, each patch alone")
+        for row in rows:
+            report.checks.append(Check(row.name, row.ok and row.changed <= 500))
+        return [report]
     reports: list[Report] = []
     with tempfile.TemporaryDirectory(prefix="upstream-check-series-") as tmp:
         for name, ref in wanted:
@@ -414,6 +554,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--backport-python", help="interpreter for the 1.4.6 series (default: --python)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary clones")
+    parser.add_argument(
+        "--each-patch",
+        action="store_true",
+        help="main series: check each patch alone on the base and print a table",
+    )
     args = parser.parse_args(argv)
 
     checkout = args.checkout or (
