@@ -11,6 +11,7 @@ protocol events in the same order, on both protocols, and leave the same view.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import math
 from typing import Any
@@ -234,3 +235,67 @@ def test_an_appended_sync_plans_what_the_full_plan_does(
     ]
     assert warnings == full_warnings
     assert _comparable(plan) == full_plan
+
+
+async def _sync_planning_during_replay(protocol: str, count: int, start_after: int) -> Any:
+    """A sync that drops 10 items of a ``count``-item view is still planning (sliced) when the
+    connection drops and the replay is built and sent."""
+    wire, images = PROTOCOLS[protocol]
+    queued: list[Any] = []
+    io = chat_sync_io.ChatSyncIO(
+        protocol=protocol,
+        images=images,
+        warned=set(),
+        queue_event=queued.append,
+        wire_event=wire,
+        closed=lambda: False,
+    )
+    ids = itertools.count()
+    io.state = conversation.ConversationState(
+        protocol=protocol, images=images, new_event_id=lambda prefix: f"{prefix}{next(ids)}"
+    )
+    previous = None
+    for k in range(count):
+        item = llm.ChatMessage(id=f"item_{k}", role="user", content=[f"m{k}"])
+        io.remote.add(item, previous, origin="client")
+        previous = item.id
+    io.connected()
+    view = [r.item.id for r in io.remote]
+    dropped = {f"item_{k}" for k in range(10, 20)}
+    local = [r.item for r in io.remote if r.item.id not in dropped]
+    local.append(llm.ChatMessage(id="item_new", role="user", content=["new"]))
+    sync = asyncio.create_task(io.update_chat_ctx(llm.ChatContext(items=local)))
+    for _ in range(start_after):
+        await asyncio.sleep(0)
+    missing_at: list[int] = []
+    sent: list[Any] = []
+
+    async def _send(event: Any) -> None:
+        sent.append(event)
+        # every item the replay re-creates, sent or still to be, stays in the view
+        if any(item_id not in io.remote for item_id in view):
+            missing_at.append(len(sent))
+
+    io.connection_lost()
+    await io.replay(_send)
+    queued_while_replaying = list(queued)
+    io.close()
+    with contextlib.suppress(BaseException):
+        await sync
+    await io.aclose()
+    return missing_at, queued_while_replaying
+
+
+@pytest.mark.parametrize("protocol", list(PROTOCOLS))
+@pytest.mark.parametrize("start_after", [1, 3, 10, 30])
+def test_a_sync_planning_during_a_replay_keeps_the_replayed_items_in_the_view(
+    protocol: str, start_after: int
+) -> None:
+    """Both protocols. The sync's plan, made before the drop, neither removes from the view an
+    item whose replay create is still to be built, nor goes out on the new connection."""
+    with pytest.MonkeyPatch.context() as mp:
+        # a pause after every step (of the module's own size): the replay overtakes the plan
+        mp.setattr(loop_slicer, "MAX_SLICE", 0.0)
+        missing_at, queued = asyncio.run(_sync_planning_during_replay(protocol, 1000, start_after))
+    assert missing_at == [], f"the view lacked replayed items at sends {missing_at[:5]}"
+    assert queued == [], "a plan made for the old connection was queued on the new one"

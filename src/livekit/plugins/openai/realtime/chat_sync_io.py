@@ -137,7 +137,7 @@ class ChatSyncIO:
                     slicer = LoopSlicer()
                     plan = await drain_sliced(self.state.sync_steps(chat_ctx, since=since), slicer)
                     self._log_outcomes()
-                    batch = await self._queue_plan(plan, slicer) if plan else None
+                    batch = await self._queue_plan(plan, slicer, connection) if plan else None
                     self._close_sync(ticket)
                     if batch is None:
                         return
@@ -206,14 +206,18 @@ class ChatSyncIO:
         if self._closed():
             raise ChatContextSyncError("update_chat_ctx called on a closed realtime session")
 
-    async def _queue_plan(self, plan: SyncPlan, slicer: LoopSlicer) -> Batch:
-        """Queue the events of a plan; returns the batch that tracks their answers."""
+    async def _queue_plan(
+        self, plan: SyncPlan, slicer: LoopSlicer, connection: int | None = None
+    ) -> Batch:
+        """Queue the events of a plan made on ``connection`` (default: the current one);
+        returns the batch that tracks their answers."""
         batch = Batch()
-        connection = self.state.connection
+        if connection is None:
+            connection = self.state.connection
         for op in self.state.operations(plan, batch):
             if connection != self.state.connection:
-                # the connection dropped while the events were built: the rest of the plan was
-                # made for a conversation the next connection will not have
+                # the connection dropped while the plan was made or its events were built: the
+                # rest was made for a conversation the next connection will not have
                 self.events.fail(
                     ChatContextSyncError(
                         "the connection to the realtime service closed during the sync"
@@ -322,13 +326,21 @@ class ChatSyncIO:
         """
         replay = Batch()
         slicer = LoopSlicer()
+        steps = self.state.replay_steps(replay)
         try:
-            for op in self.state.replay_steps(replay):
+            for op in steps:
+                if self._closed():
+                    # the session closes: the rest of the replay would go nowhere
+                    steps.close()
+                    self.state.replay_not_sent(replay)
+                    self._log_outcomes()
+                    return
                 if op is not None:
                     await send(self._wire_event(op))
                     self.state.sent(op.event_id)
                 await slicer.tick()
         except BaseException:
+            steps.close()
             self.state.replay_not_sent(replay)
             self._log_outcomes()
             raise

@@ -122,6 +122,8 @@ class ConversationState:
         # replies and calls the service ended before it reported the item (GA may do so)
         self._ended_early: dict[str, tuple[llm.ChatItem, bool]] = {}
         self._unconfirmed: set[str] = set()  # ids a replay re-creates, until held again
+        # while a replay's operations are still being built: its creates are not all tracked
+        self._replay_building = False
 
     # ------------------------------------------------------------------------------ syncs
 
@@ -165,8 +167,10 @@ class ConversationState:
             return (yield from self.plan_steps(items, since=since))
         _, warnings, plan = fast
         self._skipped(warnings)
-        # every item of the view is held: no replayed item is left unconfirmed
-        self._unconfirmed.clear()
+        # every item of the view is held: no replayed item is left unconfirmed (unless a
+        # replay began meanwhile)
+        if not self._replay_building:
+            self._unconfirmed.clear()
         return plan
 
     def plan_steps(self, items: list[llm.ChatItem], *, since: int) -> Steps[SyncPlan]:
@@ -190,7 +194,11 @@ class ConversationState:
                 r = self.remote.get(item_id)
                 if r is None or r.held:
                     self._unconfirmed.discard(item_id)
-                elif item_id not in wanted and not self.events.live("create", item_id):
+                elif (
+                    item_id not in wanted
+                    and not self._replay_building  # its create may be still to come
+                    and not self.events.live("create", item_id)
+                ):
                     self.remote.remove(item_id)
                     self._unconfirmed.discard(item_id)
         return plan
@@ -268,6 +276,13 @@ class ConversationState:
         their create is confirmed.
         """
         self.replay = batch
+        self._replay_building = True
+        try:
+            yield from self._replay_operations(batch)
+        finally:
+            self._replay_building = False
+
+    def _replay_operations(self, batch: Batch) -> Generator[Operation | None, None, None]:
         insertions, lost, empty = yield from plan_replay_steps(self.remote)
         if lost:
             self.outcomes.append(
