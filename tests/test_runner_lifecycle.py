@@ -20,6 +20,7 @@ from sync_helpers import (
     audio_session_kwargs,
     beta_session,
     conversation_ctx,
+    creates_on,
     sync,
     user_turn,
     wait_until,
@@ -225,3 +226,21 @@ async def test_planned_session_renewal_does_not_fail_a_sync_in_flight(
         await fake_azure.wait_received("session.update")
         await asyncio.sleep(0.25)
         await asyncio.wait_for(sess.update_chat_ctx(ctx), 10)
+
+
+@pytest.mark.regression(fails_on=("1.4.6.post3",))
+async def test_aclose_during_a_replay_stops_sending_it(
+    fake_azure: FakeAzureRealtimeServer,
+) -> None:
+    """``aclose()`` while a 2 000-item replay is being sent after a drop: the rest of it is
+    not sent (it would go to a connection about to close). Both protocols. (The fork with the
+    state machine sent the whole replay first.)"""
+    count = 2000
+    async with beta_session(fake_azure) as (sess, _):
+        await sync(sess, conversation_ctx(count))
+        await fake_azure.drop_connections()
+        await fake_azure.wait_connected(2)
+        await fake_azure.wait_for(lambda: creates_on(fake_azure, 1) >= 20, timeout=10.0)
+        await sess.aclose()
+        await asyncio.sleep(0.2)  # anything still queued reaches the server
+        assert creates_on(fake_azure, 1) < count, "the whole replay was sent after aclose()"
