@@ -9,6 +9,7 @@ On pristine upstream and earlier fork builds the module does not exist: skipped 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import AsyncIterator
 from typing import Any
@@ -489,3 +490,40 @@ def test_an_http_endpoint_warns_of_cleartext_unless_loopback(base_url: str, warn
 def test_a_provider_result_kind_is_named_with_the_right_article() -> None:
     assert connection._kind(42) == "an int"
     assert connection._kind(b"x") == "a bytes"
+
+
+def test_an_endpoint_carrying_a_user_or_password_is_refused_without_showing_it() -> None:
+    with pytest.raises(ValueError, match="carries a user or password") as info:
+        connection.azure_base_url("https://user:pa55word@gw.example.com/azure")
+    assert "pa55word" not in str(info.value) and "user:" not in str(info.value)
+
+
+async def test_a_stuck_sync_provider_is_called_once_and_leaves_the_default_executor_free() -> None:
+    """Every retry against a sync provider that blocks waits for the call in flight instead of
+    starting another thread, and none of them runs in the loop's default executor (which the
+    sessions' DNS lookups need)."""
+    release = threading.Event()
+    calls: list[str] = []
+
+    def stuck_provider() -> str:
+        calls.append(threading.current_thread().name)
+        release.wait(10)
+        return "late"
+
+    credentials = connection.Credentials(token_provider=stuck_provider)
+    try:
+        for _ in range(12):
+            with pytest.raises(connection.APIConnectionError, match="returned no token within"):
+                await credentials.token(timeout=0.02)
+        loop = asyncio.get_running_loop()
+        assert await asyncio.wait_for(loop.run_in_executor(None, lambda: "free"), 2) == "free"
+        assert len(calls) == 1, calls
+        assert calls[0].startswith("azure_ad_token_provider"), calls
+    finally:
+        release.set()
+    # once the stuck call returns, the next one is made afresh
+    for _ in range(100):
+        with contextlib.suppress(connection.APIConnectionError):
+            if await credentials.token(timeout=0.05) == "late":
+                break
+    assert len(calls) == 2, calls

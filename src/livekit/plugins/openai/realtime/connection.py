@@ -13,6 +13,7 @@ host), retryable or not. ``with_azure`` checks its arguments with :func:`resolve
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import contextvars
 import inspect
@@ -266,14 +267,36 @@ async def _ask(provider: AzureADTokenProvider) -> object:
     return await result
 
 
+# sync providers run in threads of their own: one that never returns must not take the
+# loop's default executor, which DNS lookups (getaddrinfo) of every session need
+_PROVIDER_THREADS = 8
+_provider_executor: concurrent.futures.ThreadPoolExecutor | None = None
+# one call of a provider at a time per loop: a retry waits for a stuck call, never adds one
+_provider_calls: dict[tuple[int, int], asyncio.Lock] = {}
+
+
+def _executor() -> concurrent.futures.ThreadPoolExecutor:
+    global _provider_executor
+    if _provider_executor is None:
+        _provider_executor = concurrent.futures.ThreadPoolExecutor(
+            _PROVIDER_THREADS, thread_name_prefix="azure_ad_token_provider"
+        )
+    return _provider_executor
+
+
 async def _in_thread(provider: Callable[[], object]) -> object:
-    """``provider()`` in a worker thread; a coroutine it returns after the caller stopped
-    waiting (timed out, the session closed) is closed, never left unawaited."""
+    """``provider()`` in a worker thread, one call of it at a time (a later call waits for
+    one in flight, even one whose caller gave up); a coroutine it returns after the caller
+    stopped waiting (timed out, the session closed) is closed, never left unawaited."""
     loop = asyncio.get_running_loop()
+    key = (id(loop), id(provider))
+    in_flight = _provider_calls.setdefault(key, asyncio.Lock())
+    await in_flight.acquire()
     outcome: asyncio.Future[object] = loop.create_future()
     context = contextvars.copy_context()
 
     def deliver(result: object, error: BaseException | None) -> None:
+        in_flight.release()
         if outcome.done():  # abandoned: nothing will await it
             if inspect.iscoroutine(result):
                 result.close()
@@ -291,11 +314,16 @@ async def _in_thread(provider: Callable[[], object]) -> object:
             error = e
         try:
             loop.call_soon_threadsafe(deliver, result, error)
-        except RuntimeError:  # the loop is closed
+        except RuntimeError:  # the loop is closed: its lock goes with it
+            _provider_calls.pop(key, None)
             if inspect.iscoroutine(result):
                 result.close()
 
-    loop.run_in_executor(None, work)
+    try:
+        _executor().submit(work)
+    except BaseException:
+        in_flight.release()
+        raise
     return await outcome
 
 
@@ -366,6 +394,11 @@ def azure_base_url(azure_endpoint: str) -> str:
         raise ValueError(
             f"azure_endpoint {_shown(azure_endpoint)} has a query: {expected}; the protocol "
             "comes from api_version, the deployment from azure_deployment"
+        )
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(
+            f"azure_endpoint {_shown(azure_endpoint)} carries a user or password: {expected}; "
+            "credentials go in api_key, entra_token or azure_ad_token_provider"
         )
     scheme = {"wss": "https", "ws": "http"}.get(parts.scheme, parts.scheme)
     if scheme not in ("https", "http") or not parts.hostname:
