@@ -38,15 +38,9 @@ PROTOCOLS = {
 }
 
 
-async def _sync_and_replay(
-    specs: list[Spec], local: list[llm.ChatItem], protocol: str
-) -> tuple[list[Any], list[Any], list[str], int]:
-    """The events a sync of ``local`` queues, those a replay sends, the view after, and how
-    many times the work yielded to the event loop."""
+def _runner(protocol: str, queued: list[Any]) -> Any:
+    """A ``ChatSyncIO`` of ``protocol`` queueing into ``queued``, with numbered event ids."""
     wire, images = PROTOCOLS[protocol]
-    remote, since = _mirror(specs)
-    queued: list[Any] = []
-    sent: list[Any] = []
     io = chat_sync_io.ChatSyncIO(
         protocol=protocol,
         images=images,
@@ -59,6 +53,18 @@ async def _sync_and_replay(
     io.state = conversation.ConversationState(
         protocol=protocol, images=images, new_event_id=lambda prefix: f"{prefix}{next(ids)}"
     )
+    return io
+
+
+async def _sync_and_replay(
+    specs: list[Spec], local: list[llm.ChatItem], protocol: str
+) -> tuple[list[Any], list[Any], list[str], int]:
+    """The events a sync of ``local`` queues, those a replay sends, the view after, and how
+    many times the work yielded to the event loop."""
+    remote, since = _mirror(specs)
+    queued: list[Any] = []
+    sent: list[Any] = []
+    io = _runner(protocol, queued)
     io.state.remote = remote
     turns = 0
 
@@ -240,20 +246,8 @@ def test_an_appended_sync_plans_what_the_full_plan_does(
 async def _sync_planning_during_replay(protocol: str, count: int, start_after: int) -> Any:
     """A sync that drops 10 items of a ``count``-item view is still planning (sliced) when the
     connection drops and the replay is built and sent."""
-    wire, images = PROTOCOLS[protocol]
     queued: list[Any] = []
-    io = chat_sync_io.ChatSyncIO(
-        protocol=protocol,
-        images=images,
-        warned=set(),
-        queue_event=queued.append,
-        wire_event=wire,
-        closed=lambda: False,
-    )
-    ids = itertools.count()
-    io.state = conversation.ConversationState(
-        protocol=protocol, images=images, new_event_id=lambda prefix: f"{prefix}{next(ids)}"
-    )
+    io = _runner(protocol, queued)
     previous = None
     for k in range(count):
         item = llm.ChatMessage(id=f"item_{k}", role="user", content=[f"m{k}"])
