@@ -1199,7 +1199,10 @@ class Harness:
                         lambda: len(self.client_errors) != errors, "the client never saw the drop"
                     )
                     _copy_sync()
-                await self.server.wait_for(lambda: bool(syncs), BOUND)
+                # session_reconnected comes once the replay is sent: a long one keeps moving
+                await self.progressing(
+                    self.server.wait_for(lambda: bool(syncs), 3600), BOUND, "the copy sync's start"
+                )
                 err = await self.progressing(asyncio.shield(syncs[0]), BOUND, "the copy sync")
             finally:
                 for task in syncs:
@@ -1604,7 +1607,10 @@ class Harness:
                 )
                 assert self.server.connections == connections, "reconnected too early"
                 syncs.append(asyncio.create_task(self.sync(self.local)))
-            await self.server.wait_for(lambda: bool(syncs), BOUND)
+            # session_reconnected comes once the replay is sent: a long one keeps moving
+            await self.progressing(
+                self.server.wait_for(lambda: bool(syncs), 3600), BOUND, "the sync's start"
+            )
             err = await self.progressing(asyncio.shield(syncs[0]), BOUND, "the copy sync")
         finally:
             for task in syncs:
