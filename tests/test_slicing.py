@@ -79,9 +79,10 @@ async def _sync_and_replay(
     start = turns
     slicer = loop_slicer.LoopSlicer()
     ctx = llm.ChatContext(items=list(local))
+    connection = io.state.connection
     plan = await loop_slicer.drain_sliced(io.state.sync_steps(ctx, since=since), slicer)
     if plan:
-        await io._queue_plan(plan, slicer)
+        await io._queue_plan(plan, slicer, connection)
 
     async def _send(event: Any) -> None:
         sent.append(event)

@@ -206,14 +206,10 @@ class ChatSyncIO:
         if self._closed():
             raise ChatContextSyncError("update_chat_ctx called on a closed realtime session")
 
-    async def _queue_plan(
-        self, plan: SyncPlan, slicer: LoopSlicer, connection: int | None = None
-    ) -> Batch:
-        """Queue the events of a plan made on ``connection`` (default: the current one);
-        returns the batch that tracks their answers."""
+    async def _queue_plan(self, plan: SyncPlan, slicer: LoopSlicer, connection: int) -> Batch:
+        """Queue the events of a plan made on ``connection``; returns the batch that tracks
+        their answers."""
         batch = Batch()
-        if connection is None:
-            connection = self.state.connection
         for op in self.state.operations(plan, batch):
             if connection != self.state.connection:
                 # the connection dropped while the plan was made or its events were built: the
@@ -284,6 +280,7 @@ class ChatSyncIO:
                     await self._wait_ready()
                 except ChatContextSyncError:
                     return
+                connection = self.state.connection
                 slicer = LoopSlicer()
                 steps = self.state.text_truncation_steps(message_id, text)
                 local = await drain_sliced(steps, slicer)
@@ -291,7 +288,7 @@ class ChatSyncIO:
                     return
                 since = self.remote.revision
                 plan = await drain_sliced(self.state.plan_steps(local, since=since), slicer)
-                batch = await self._queue_plan(plan, slicer)
+                batch = await self._queue_plan(plan, slicer, connection)
                 self._close_sync(ticket)
                 try:
                     await self._wait(batch)
@@ -327,25 +324,24 @@ class ChatSyncIO:
         replay = Batch()
         slicer = LoopSlicer()
         steps = self.state.replay_steps(replay)
+        sent_all = False
         try:
             for op in steps:
                 if self._closed():
-                    # the session closes: the rest of the replay would go nowhere
-                    steps.close()
-                    self.state.replay_not_sent(replay)
-                    self._log_outcomes()
-                    return
+                    break  # the session closes: the rest of the replay would go nowhere
                 if op is not None:
                     await send(self._wire_event(op))
                     self.state.sent(op.event_id)
                 await slicer.tick()
-        except BaseException:
-            steps.close()
-            self.state.replay_not_sent(replay)
+            else:
+                sent_all = True
+        finally:
+            if not sent_all:
+                steps.close()
+                self.state.replay_not_sent(replay)
             self._log_outcomes()
-            raise
-        self._log_outcomes()
-        self._spawn(self._await_replay(replay, self.state.connection))
+        if sent_all:
+            self._spawn(self._await_replay(replay, self.state.connection))
 
     async def _await_replay(self, replay: Batch, connection: int) -> None:
         """Open the connection to syncs once the service has answered the replay."""
