@@ -637,10 +637,11 @@ def patches(session: nox.Session) -> None:
             drift = patch_queue.export(work / "queue", check=True)
         except patch_queue.QueueError as e:
             session.error(str(e))
-        if drift.changed or drift.added:
+        differing = [*drift.changed, *drift.added, *(old for old, _ in drift.renamed)]
+        if differing or drift.removed:
             session.error(
                 "patches/ is not what `python3 dev.py patch_export` writes for it: "
-                f"{', '.join(drift.changed + drift.added)} (lay it out with `python3 dev.py "
+                f"{', '.join(differing + drift.removed)} (lay it out with `python3 dev.py "
                 "patch_tree -- --force`, then run `python3 dev.py patch_export`)"
             )
         session.log(f"patch_queue: all {len(drift.names)} patch(es) are what their export writes")

@@ -3,10 +3,12 @@
 
 ``tree`` makes ``.work/agents``: the pinned sdist laid out as the livekit/agents monorepo, one
 commit (tagged ``upstream``), then one commit per patch of ``patches/series`` (``git am``). Edit,
-commit, ``git rebase -i upstream``; then ``export`` writes the commits back as ``patches/``
-files: only the files whose bytes changed are rewritten, a commit beyond the listed ones becomes
-a new patch appended to ``patches/series``, and ``--check`` only reports what would change (CI
-uses it to show that the committed series is what an export of it produces).
+commit, ``git rebase -i upstream`` (or re-cut the history from ``upstream``); then ``export``
+writes the commits back as ``patches/`` files numbered 0001..N in commit order: a patch keeps
+its name while its subject stays, only the files whose bytes changed are rewritten, a new
+commit becomes a new patch, a patch no commit is left for is removed, and ``patches/series`` is
+rewritten in the tree's order. ``--check`` only reports what would change (CI uses it to show
+that the committed series is what an export of it produces).
 
 The sdist has no monorepo ``makefile``, which a test patch may touch: the tree gets one made of
 that hunk's own context lines (at their line numbers, the lines before them blank), enough for
@@ -28,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,6 +56,7 @@ _MAKEFILE = "makefile"
 _SECTION_RE = re.compile(r"^diff --git a/(\S+) b/\S+$", re.MULTILINE)
 _HUNK_RE = re.compile(r"^@@ -(\d+)(?:,\d+)? \+\d+(?:,\d+)? @@ ?(.*)$")
 _NUMBER_RE = re.compile(r"^\d{4}-")
+_SUBJECT_PREFIX_RE = re.compile(r"^Subject: (\[PATCH[^\]]*\] )?")
 
 
 class QueueError(Exception):
@@ -67,6 +70,8 @@ class Export:
     names: list[str]
     changed: list[str]
     added: list[str]
+    renamed: list[tuple[str, str]] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
 
 
 def _git_env(home: Path) -> dict[str, str]:
@@ -169,36 +174,102 @@ def _with_committed_makefile_index(new: str, committed: str | None) -> str:
     return new.replace(new_section, new_section.replace(new_index, old_index, 1), 1)
 
 
+def _subject(patch: str) -> str:
+    """The commit subject of a ``git format-patch`` text (its folded ``Subject:`` header)."""
+    lines = patch.splitlines()
+    start = next((i for i, ln in enumerate(lines) if ln.startswith("Subject: ")), None)
+    if start is None:
+        return ""
+    folded = [lines[start]]
+    for line in lines[start + 1 :]:
+        if not line.startswith((" ", "\t")):
+            break
+        folded.append(line)
+    return _SUBJECT_PREFIX_RE.sub("", " ".join(ln.strip() for ln in folded))
+
+
+def _series_text(old: str, names: list[str], renamed: dict[str, str]) -> str:
+    """The series file listing ``names``: ``old``'s header (its lines before the first entry)
+    kept, and the comment lines right above an entry of ``old`` kept above it (renamed entries
+    by their new name)."""
+    header: list[str] = []
+    above: dict[str, list[str]] = {}
+    pending: list[str] = []
+    first = True
+    for raw in old.splitlines():
+        entry = raw.split("#", 1)[0].strip()
+        if not entry:
+            (header if first else pending).append(raw)
+            continue
+        first = False
+        above[renamed.get(entry, entry)] = pending
+        pending = []
+    out = [*header]
+    for name in names:
+        out.extend(above.get(name, []))
+        out.append(name)
+    return "".join(f"{line}\n" for line in out)
+
+
 def export(work: Path, *, check: bool) -> Export:
     """Write the commits of ``work`` after ``upstream`` back into ``patches/`` (or, with
-    ``check``, only report what differs)."""
+    ``check``, only report what differs).
+
+    Commit ``N`` after ``upstream`` becomes ``NNNN-<slug>.patch``, ``NNNN`` its position: the
+    slug of the committed patch with the same subject, else the one ``git format-patch`` gives.
+    So a re-cut (commits reordered, merged, split, dropped) numbers the series 0001..N in order,
+    keeps the names of the patches it keeps, removes the files no commit is left for and rewrites
+    ``patches/series`` in the tree's order; an unchanged tree rewrites nothing.
+    """
     if not (work / ".git").is_dir():
         raise QueueError(f"{work} is not a patch tree: make it with `tree` first")
     names = lk_fork_patch.read_series(PATCHES)
+    committed = {n: (PATCHES / n).read_text(encoding="utf-8") for n in names}
+    by_subject: dict[str, str] = {}
+    for name in names:
+        by_subject.setdefault(_subject(committed[name]), name)
+    # the committed `index` line of makefile: the patch's own, else the first patch's with one
+    makefile_source = next((t for t in committed.values() if _MAKEFILE in sections(t)), None)
+    plan: list[tuple[str, str, str | None]] = []  # (name, text, the committed patch it was)
     with tempfile.TemporaryDirectory() as tmp:
         _git(work, *FORMAT_PATCH, "-o", tmp, f"{BASE_TAG}..HEAD")
-        exported = sorted(Path(tmp).glob("*.patch"))
-        if len(exported) < len(names):
-            raise QueueError(
-                f"the tree has {len(exported)} commits after `{BASE_TAG}`, patches/series lists "
-                f"{len(names)}: a dropped patch is removed from patches/series by hand"
-            )
-        changed: list[str] = []
-        added: list[str] = []
-        for index, path in enumerate(exported):
-            name = names[index] if index < len(names) else f"{index + 1:04d}-{_slug(path.name)}"
-            target = PATCHES / name
-            committed = target.read_text(encoding="utf-8") if target.exists() else None
-            text = _with_committed_makefile_index(path.read_text(encoding="utf-8"), committed)
-            if text == committed:
-                continue
-            (added if index >= len(names) else changed).append(name)
-            if not check:
-                target.write_text(text, encoding="utf-8")
-        if added and not check:
-            with (PATCHES / "series").open("a", encoding="utf-8") as f:
-                f.writelines(f"{name}\n" for name in added)
-    return Export(names=names, changed=changed, added=added)
+        for index, path in enumerate(sorted(Path(tmp).glob("*.patch"))):
+            text = path.read_text(encoding="utf-8")
+            old = by_subject.get(_subject(text))
+            name = f"{index + 1:04d}-{_slug(old if old is not None else path.name)}"
+            if any(name == n for n, _, _ in plan):
+                raise QueueError(f"two commits of the tree export as {name}: reword one")
+            own = committed[old] if old is not None else None
+            source = own if own is not None and _MAKEFILE in sections(own) else makefile_source
+            plan.append((name, _with_committed_makefile_index(text, source), old))
+    changed: list[str] = []
+    added: list[str] = []
+    renamed: dict[str, str] = {}
+    for name, text, old in plan:
+        if old is not None and old != name:
+            renamed[old] = name
+        if old == name and text == committed[name]:
+            continue
+        (added if old is None else changed).append(name)
+        if not check:
+            (PATCHES / name).write_text(text, encoding="utf-8")
+    new_names = [name for name, _, _ in plan]
+    if not check:
+        for name in names:
+            if name not in new_names:
+                (PATCHES / name).unlink()
+        series = PATCHES / "series"
+        old_series = series.read_text(encoding="utf-8")
+        new_series = _series_text(old_series, new_names, renamed)
+        if new_series != old_series:
+            series.write_text(new_series, encoding="utf-8")
+    return Export(
+        names=names,
+        changed=changed,
+        added=added,
+        renamed=sorted(renamed.items()),
+        removed=[n for n in names if n not in new_names and n not in renamed],
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -226,9 +297,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"patch_queue: {name} {verb}")
     for name in done.added:
         print(f"patch_queue: {name} {'would be added' if args.check else 'added to series'}")
-    if not done.changed and not done.added:
+    for old, new in done.renamed:
+        print(f"patch_queue: {old} {'would be renamed' if args.check else 'renamed'} {new}")
+    for name in done.removed:
+        print(f"patch_queue: {name} {'would be removed' if args.check else 'removed'}")
+    drift = done.changed or done.added or done.renamed or done.removed
+    if not drift:
         print(f"patch_queue: all {len(done.names)} patch(es) are what the tree exports")
-    return 1 if args.check and (done.changed or done.added) else 0
+    return 1 if args.check and drift else 0
 
 
 if __name__ == "__main__":
