@@ -1,8 +1,9 @@
 """The patch queue (``tools/patch_queue.py``): ``patches/`` laid out as git commits and back.
 
 Exporting an unchanged tree writes nothing; a one-line edit of one patch's commit rewrites only
-that patch; a new commit becomes a new patch at the end of the series; the ``makefile`` hunk of
-the test patch survives the round trip though the sdist has no ``makefile``.
+that patch; a new commit becomes a new patch at the end of the series; a re-cut renumbers the
+series, keeps names by subject and removes dropped patches; the ``makefile`` hunk of the test
+patch survives the round trip though the sdist has no ``makefile``.
 """
 
 from __future__ import annotations
@@ -115,3 +116,25 @@ def test_makefile_preimage_puts_the_hunk_at_its_lines() -> None:
         " \td\n"
     )
     assert tool.makefile_preimage(section) == "\n\nunit-tests:\n\ta \\\n\tb \\\n\td\n"
+
+
+def test_a_recut_renumbers_keeps_names_by_subject_and_removes_dropped_patches(
+    queue: tuple[ModuleType, Path, Path],
+) -> None:
+    tool, patches, tree = queue
+    names = tool.lk_fork_patch.read_series(patches)
+    assert len(names) >= 3
+    # re-cut: drop the first patch's commit, keep the others in order
+    commits = _git(tree, "rev-list", "--reverse", "upstream..HEAD").split()
+    _git(tree, "reset", "-q", "--hard", "upstream")
+    for commit in commits[1:]:
+        _git(tree, "cherry-pick", commit)
+    done = tool.export(tree, check=False)
+    expected = [f"{i:04d}-{tool._slug(n)}" for i, n in enumerate(names[1:], start=1)]
+    assert tool.lk_fork_patch.read_series(patches) == expected
+    assert done.removed == [names[0]]
+    assert done.renamed == sorted(zip(names[1:], expected, strict=True))
+    assert not (patches / names[0]).exists()
+    # a second export of the same tree rewrites nothing
+    again = tool.export(tree, check=True)
+    assert (again.changed, again.added, again.renamed, again.removed) == ([], [], [], [])

@@ -8,7 +8,11 @@ onto a livekit/agents checkout at ``livekit-agents@1.4.6`` (or onto the pinned s
 ``livekit-plugins/livekit-plugins-openai/``, as ``nox -s patches`` does).
 
 Each module is added whole by its own patch (``feat(openai): add realtime/<module>.py``, body:
-the first paragraph of the module's docstring). The output is stable: fixed author, date and
+the first paragraph of the module's docstring), with its unit tests: ``tests/upstream/
+test_openai_realtime_<module>.py`` of this repository (plain pytest and pytest-asyncio, no
+conftest of ours; our CI runs them against the installed wheel) becomes the monorepo's
+``tests/test_openai_realtime_<module>.py``, listed in the ``unit-tests`` target of its root
+``makefile`` (inserted before its last entry, ``tests/test_room.py``). The output is stable: fixed author, date and
 ``--zero-commit``, ``[PATCH]`` subjects without N/M, names numbered by position. Files whose
 content is unchanged are not rewritten, so regenerating after a one-line edit rewrites only the
 patch carrying that line.
@@ -47,6 +51,26 @@ MODULE_DATE = "Tue, 1 Dec 2026 17:00:00 +0000"
 # it, whatever patch first needs it; the price is that a module lands in its final form before
 # the edits that use it (an intermediate commit may hold a module nothing imports yet).
 MODULES_AFTER = 1
+# the module tests: tests/upstream/<name> here, tests/<name> in the monorepo
+UNIT_TESTS = ROOT / "tests" / "upstream"
+UNIT_TEST_PREFIX = "test_openai_realtime_"
+# the lines of livekit-agents@1.4.6's root makefile around where the module tests are listed: the
+# target's name (git's hunk header) and the last entries of its list, by line number; the sdist
+# has no makefile, so the module patches are made on a stand-in holding just these lines
+MAKEFILE_TARGET = (85, "unit-tests:")
+MAKEFILE_TAIL = (
+    107,
+    (
+        "\t\ttests/test_transcription_filter.py \\",
+        "\t\ttests/test_tools.py \\",
+        "\t\ttests/test_aio_itertools.py \\",
+        "\t\ttests/test_room.py",
+        "",
+        "# ============================================",
+        "# Development Workflows",
+    ),
+)
+_MAKEFILE_LAST_ENTRY = "\t\ttests/test_room.py"
 _SUBJECT_RE = re.compile(r"^Subject: \[PATCH[^\]]*\] ", re.MULTILINE)
 _NUMBER_RE = re.compile(r"^\d{4}-")
 SERIES_HEADER = (
@@ -83,11 +107,19 @@ def module_summary(path: Path) -> str:
     return " ".join(doc.split("\n\n", 1)[0].split())
 
 
-def module_message(rel: PurePosixPath, path: Path) -> str:
-    """The commit message of the patch that adds module ``rel`` (relative to the package root)."""
+def module_message(rel: PurePosixPath, path: Path, unit_test: Path | None = None) -> str:
+    """The commit message of the patch that adds module ``rel`` (relative to the package root)
+    and, if given, its unit test file."""
     # realtime/chat_sync.py for livekit/plugins/openai/realtime/chat_sync.py
     short = "/".join(rel.parts[3:]) if rel.parts[:3] == ("livekit", "plugins", "openai") else rel
     body = textwrap.fill(module_summary(path), width=72, break_on_hyphens=False)
+    if unit_test is not None:
+        tests = textwrap.fill(
+            f"Unit tests: tests/{unit_test.name}, listed in the makefile's `unit-tests` target.",
+            width=72,
+            break_on_hyphens=False,
+        )
+        body += f"\n\n{tests}"
     return f"feat(openai): add {short}\n\n{body}\n\nForwarded: not yet\n"
 
 
@@ -122,20 +154,51 @@ def _git(repo: Path, env: dict[str, str], *args: str) -> str:
     return out.stdout
 
 
-def module_patches(src: Path, work: Path) -> list[tuple[str, str]]:
-    """``(name without number, text)`` of one ``git format-patch`` file per module of ``src``."""
+def makefile_stand_in() -> list[str]:
+    """The lines of a makefile with :data:`MAKEFILE_TARGET` and :data:`MAKEFILE_TAIL` at their
+    line numbers and every other line blank (enough for git to write the hunks upstream's
+    makefile takes)."""
+    first, tail = MAKEFILE_TAIL
+    lines = [""] * (first - 1) + list(tail)
+    lines[MAKEFILE_TARGET[0] - 1] = MAKEFILE_TARGET[1]
+    return lines
+
+
+def unit_test_of(rel: PurePosixPath, tests: Path) -> Path | None:
+    """This repository's unit test file of module ``rel``, if it has one."""
+    path = tests / f"{UNIT_TEST_PREFIX}{rel.stem}.py"
+    return path if path.is_file() else None
+
+
+def module_patches(src: Path, work: Path, tests: Path = UNIT_TESTS) -> list[tuple[str, str]]:
+    """``(name without number, text)`` of one ``git format-patch`` file per module of ``src``,
+    each with the module's unit tests (see the module docstring)."""
     repo = work / "modules"
     repo.mkdir()
     env = _git_env(work)
     _git(repo, env, "init", "-q")
-    _git(repo, env, "commit", "-q", "--allow-empty", "-m", "base")
+    makefile_lines = makefile_stand_in()
+    makefile = repo / "makefile"
+    makefile.write_text("".join(f"{ln}\n" for ln in makefile_lines), encoding="utf-8")
+    _git(repo, env, "add", "makefile")
+    _git(repo, env, "commit", "-q", "-m", "base")
     modules = lk_fork_backend.own_modules(src)
     for rel in modules:
         target = repo / PLUGIN_DIR / Path(*rel.parts)
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(src.joinpath(*rel.parts).read_bytes())
         _git(repo, env, "add", "--", str(target.relative_to(repo)))
-        _git(repo, env, "commit", "-q", "-m", module_message(rel, src.joinpath(*rel.parts)))
+        unit_test = unit_test_of(rel, tests)
+        if unit_test is not None:
+            (repo / "tests").mkdir(exist_ok=True)
+            (repo / "tests" / unit_test.name).write_bytes(unit_test.read_bytes())
+            makefile_lines.insert(
+                makefile_lines.index(_MAKEFILE_LAST_ENTRY), f"\t\ttests/{unit_test.name} \\"
+            )
+            makefile.write_text("".join(f"{ln}\n" for ln in makefile_lines), encoding="utf-8")
+            _git(repo, env, "add", "--", "makefile", f"tests/{unit_test.name}")
+        message = module_message(rel, src.joinpath(*rel.parts), unit_test)
+        _git(repo, env, "commit", "-q", "-m", message)
     out = work / "format-patch"
     listing = _git(
         repo,
