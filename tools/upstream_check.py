@@ -10,8 +10,9 @@ For a series (a directory with a `series` file naming `git format-patch` files i
    the series only if it lands in a file the series changes);
 3. run the test files the series adds or changes, with the clone's pytest settings;
 4. prove those tests can fail: a test patch is applied alone to the base, a `fix` patch
-   with tests gets the patches before it plus only its own test hunks; either way its tests
-   must fail (pytest exit code 1, not a collection or usage error). For a `fix` patch that
+   with tests (or a `feat` patch that creates no file outside tests/, i.e. not a module
+   patch) gets the patches before it plus only its own test hunks; either way its tests
+   must fail (pytest exit code 1, not a collection or usage error). For such a patch that
    creates test files, those are run: its edits to existing test modules only adapt their
    helpers to the fix and are expected to break without it.
 
@@ -80,6 +81,11 @@ class Patch:
         """The conventional-commit type of the subject: `fix`, `perf`, `test`, ..."""
         title = self.subject.split("] ", 1)[-1] if self.subject.startswith("[") else self.subject
         return title.split(":", 1)[0].split("(", 1)[0].strip()
+
+    @property
+    def adds_only_tests(self) -> bool:
+        """The files it creates are tests and their helpers (a feature edit, not a new module)."""
+        return all(f.startswith("tests/") for f in self.new_files)
 
     @property
     def is_test_patch(self) -> bool:
@@ -318,7 +324,7 @@ def check_series(
             run_tests = patch.test_files
             if patch.is_test_patch:
                 how, before, hunks = "alone on the base", [], False
-            elif patch.kind == "fix":
+            elif patch.kind == "fix" or (patch.kind == "feat" and patch.adds_only_tests):
                 how, before, hunks = "tests only, after the patches before it", patches[:i], True
                 run_tests = [f for f in patch.new_files if _is_test_file(f)] or run_tests
             else:
