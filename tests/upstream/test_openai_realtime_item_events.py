@@ -1,4 +1,4 @@
-"""Unit tests of livekit.plugins.openai.realtime.item_events."""
+"""Unit tests of livekit.plugins.openai.realtime.item_events (the books of unanswered events)."""
 
 from __future__ import annotations
 
@@ -6,23 +6,108 @@ from livekit.plugins.openai.realtime.chat_sync import ChatContextSyncError
 from livekit.plugins.openai.realtime.item_events import Batch, ItemEvent, PendingItemEvents
 
 
-def test_a_confirmation_settles_the_oldest_event_for_its_item() -> None:
+def _error(code: str = "boom") -> ChatContextSyncError:
+    return ChatContextSyncError(f"failed: {code}", code=code)
+
+
+def test_events_are_tracked_by_event_id() -> None:
+    events = PendingItemEvents()
+    ev = events.track(ItemEvent("create", "item_a", "ev_1"))
+    assert events.get("ev_1") is ev and len(events) == 1
+    assert events.get("ev_2") is None
+
+
+def test_a_confirmation_settles_the_oldest_event_of_its_kind_for_its_item() -> None:
     events = PendingItemEvents()
     batch = Batch()
     first = events.track(ItemEvent("create", "item_a", "ev_1", batch=batch))
-    events.track(ItemEvent("create", "item_a", "ev_2", batch=batch))
+    delete = events.track(ItemEvent("delete", "item_a", "ev_2", batch=batch))
     assert events.confirmed("create", "item_a") is first
-    assert not batch.done
-    assert events.confirmed("create", "item_a") is not None
-    assert batch.done and batch.error() is None
+    assert events.confirmed("create", "item_a") is None  # the delete is not a create
+    assert not batch.done and events.get("ev_2") is delete
+    assert events.confirmed("delete", "item_a") is delete
+    assert batch.done and batch.error() is None and len(events) == 0
 
 
-def test_a_rejection_is_the_batch_error() -> None:
+def test_a_rejection_settles_the_event_it_names_only() -> None:
     events = PendingItemEvents()
     batch = Batch()
     events.track(ItemEvent("delete", "item_a", "ev_1", batch=batch))
-    error = ChatContextSyncError("no such item", code="item_delete_invalid_item_id")
-    events.rejected("ev_1", error)
-    assert batch.done
-    raised = batch.error()
-    assert raised is not None and raised.code == "item_delete_invalid_item_id"
+    events.track(ItemEvent("delete", "item_a", "ev_2", batch=batch))
+    assert events.rejected("ev_9", _error()) is None
+    rejected = events.rejected("ev_2", _error("item_delete_invalid_item_id"))
+    assert rejected is not None and rejected.event_id == "ev_2"
+    assert events.get("ev_1") is not None and batch.remaining == 1
+
+
+def test_a_batch_is_done_once_each_event_is_settled_and_reports_every_rejection() -> None:
+    settled: list[int] = []
+    batch = Batch()
+    batch.on_settle = lambda: settled.append(batch.remaining)
+    events = PendingItemEvents()
+    for n in range(3):
+        events.track(ItemEvent("create", f"item_{n}", f"ev_{n}", batch=batch))
+    events.rejected("ev_0", _error("first"))
+    events.confirmed("create", "item_1")
+    events.rejected("ev_2", _error("second"))
+    assert settled == [2, 1, 0] and batch.done
+    error = batch.error()
+    assert error is not None and error.code == "first"
+    assert error.args[0].startswith("2 of 3 chat context events failed, first: failed: first")
+    assert [e.code for e in error.errors] == ["first", "second"]
+
+
+def test_an_expired_event_takes_only_an_answer_no_live_event_waits_for() -> None:
+    events = PendingItemEvents()
+    gave_up, waiting = Batch(), Batch()
+    old = events.track(ItemEvent("create", "item_a", "ev_old", batch=gave_up))
+    events.expire(gave_up, _error("timeout"))
+    assert gave_up.done and gave_up.error() is not None and old.expired
+    assert events.get("ev_old") is old and not events.live("create", "item_a")
+    new = events.track(ItemEvent("create", "item_a", "ev_new", batch=waiting))
+    assert events.live("create", "item_a")
+    assert events.confirmed("create", "item_a") is new and waiting.done
+    # with no live event left, a late answer settles the expired one
+    assert events.confirmed("create", "item_a") is old and len(events) == 0
+
+
+def test_a_refusal_of_an_event_settled_in_place_of_an_expired_one_hands_it_back() -> None:
+    events = PendingItemEvents()
+    gave_up = Batch()
+    old = events.track(ItemEvent("create", "item_a", "ev_old", batch=gave_up))
+    events.expire(gave_up, _error("timeout"))
+    events.track(ItemEvent("create", "item_a", "ev_new", batch=Batch()))
+    events.confirmed("create", "item_a")  # ev_new, though ev_old's answer it may be
+    assert events.taken_over("ev_new") is old  # the item is held: ev_old was answered
+    assert len(events) == 0 and events.taken_over("ev_new") is None
+
+
+def test_fail_settles_every_event_with_the_cause_and_cancels_those_not_sent() -> None:
+    events = PendingItemEvents()
+    one, other = Batch(), Batch()
+    sent = events.track(ItemEvent("create", "item_a", "ev_1", batch=one))
+    sent.sent = True
+    events.track(ItemEvent("create", "item_b", "ev_2", batch=one))
+    events.track(ItemEvent("delete", "item_c", "ev_3", batch=other))
+    events.fail(_error("dropped"), batch=one)
+    assert one.done and not other.done and len(events) == 1
+    error = one.error()
+    assert error is not None and [e.code for e in error.errors] == ["dropped", "dropped"]
+    assert not events.cancelled("ev_1")  # it went out already
+    assert events.cancelled("ev_2") and not events.cancelled("ev_2")  # told once
+    events.fail(_error("closed"))
+    assert other.done and len(events) == 0 and events.cancelled("ev_3")
+
+
+def test_once_closed_every_event_tracked_fails_at_once_with_the_cause() -> None:
+    events = PendingItemEvents()
+    before = Batch()
+    events.track(ItemEvent("create", "item_a", "ev_1", batch=before))
+    events.close(_error("session closed"))
+    after = Batch()
+    events.track(ItemEvent("create", "item_b", "ev_2", batch=after))
+    for batch in (before, after):
+        error = batch.error()
+        assert batch.done and error is not None and error.code == "session closed"
+    assert len(events) == 0 and events.cancelled("ev_2")
+    assert events.confirmed("create", "item_b") is None
