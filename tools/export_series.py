@@ -8,7 +8,12 @@ onto a livekit/agents checkout at ``livekit-agents@1.4.6`` (or onto the pinned s
 ``livekit-plugins/livekit-plugins-openai/``, as ``nox -s patches`` does).
 
 Each module is added whole by its own patch (``feat(openai): add realtime/<module>.py``, body:
-the first paragraph of the module's docstring), with its unit tests: ``tests/upstream/
+the first paragraph of the module's docstring), placed just before the first edit patch that
+imports it (its added lines name the module: ``from .connection import``, ``from . import
+connection``, ``realtime.connection``), after the modules it imports itself; modules are taken in
+the order of their imports of each other, ties by name. So every commit of the series imports only
+what is already there, and a module lands right before its first user. A module that no edit
+imports is an error (nothing would use it). The module patch comes with its unit tests: ``tests/upstream/
 test_openai_realtime_<module>.py`` of this repository (plain pytest and pytest-asyncio, no
 conftest of ours; our CI runs them against the installed wheel) becomes the monorepo's
 ``tests/test_openai_realtime_<module>.py``, listed in the ``unit-tests`` target of its root
@@ -24,13 +29,14 @@ Usage:
 from __future__ import annotations
 
 import ast
+import heapq
 import os
 import re
 import subprocess
 import sys
 import tempfile
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -46,11 +52,6 @@ import lk_fork_patch  # noqa: E402
 AUTHOR_NAME = "fork dev"
 AUTHOR_EMAIL = "dev@fork.local"
 MODULE_DATE = "Tue, 1 Dec 2026 17:00:00 +0000"
-# the module patches follow patches/series' first patch (the openai cap, which needs none) and
-# come before every edit patch, in sorted path order. Every edit that imports a module then finds
-# it, whatever patch first needs it; the price is that a module lands in its final form before
-# the edits that use it (an intermediate commit may hold a module nothing imports yet).
-MODULES_AFTER = 1
 # the module tests: tests/upstream/<name> here, tests/<name> in the monorepo
 UNIT_TESTS = ROOT / "tests" / "upstream"
 UNIT_TEST_PREFIX = "test_openai_realtime_"
@@ -73,6 +74,11 @@ MAKEFILE_TAIL = (
 _MAKEFILE_LAST_ENTRY = "\t\ttests/test_room.py"
 _SUBJECT_RE = re.compile(r"^Subject: \[PATCH[^\]]*\] ", re.MULTILINE)
 _NUMBER_RE = re.compile(r"^\d{4}-")
+# how an added line of an edit patch names a module of the realtime package: a relative import of
+# it or of names from the package, or its dotted path
+_FROM_MODULE_RE = re.compile(r"^\s*from\s+(?:\.+|[\w.]+\.)(?:realtime\.)?(\w+)\s+import\b")
+_FROM_PACKAGE_RE = re.compile(r"^\s*from\s+(?:\.+|[\w.]*realtime)\s+import\s+\(?([\w\s,]+)")
+_DOTTED_RE = re.compile(r"\brealtime\.(\w+)")
 SERIES_HEADER = (
     "# The complete backport series, written by `python3 dev.py series OUTDIR`\n"
     "# (tools/export_series.py): patches/series with the fork's own modules (src/) each added\n"
@@ -170,9 +176,115 @@ def unit_test_of(rel: PurePosixPath, tests: Path) -> Path | None:
     return path if path.is_file() else None
 
 
-def module_patches(src: Path, work: Path, tests: Path = UNIT_TESTS) -> list[tuple[str, str]]:
+def module_imports(path: Path, names: Collection[str]) -> set[str]:
+    """Which of the sibling modules ``names`` (by stem) the module at ``path`` imports."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if not isinstance(node, ast.ImportFrom) or node.level != 1:
+            continue
+        if node.module:
+            found.add(node.module.split(".", 1)[0])
+        else:
+            found.update(alias.name for alias in node.names)
+    return found & set(names)
+
+
+def patch_imports(text: str, names: Collection[str]) -> set[str]:
+    """Which of the modules ``names`` (by stem) the added lines of patch ``text`` import."""
+    found: set[str] = set()
+    for line in text.splitlines():
+        if not line.startswith("+") or line.startswith("+++"):
+            continue
+        code = line[1:]
+        if m := _FROM_MODULE_RE.match(code):
+            found.add(m.group(1))
+        if m := _FROM_PACKAGE_RE.match(code):
+            found.update(n.strip() for n in m.group(1).split(","))
+        found.update(_DOTTED_RE.findall(code))
+    return found & set(names)
+
+
+def dependency_order(deps: Mapping[str, Collection[str]]) -> list[str]:
+    """The names of ``deps`` (name -> the names it imports), each after what it imports; ties
+    by name.
+
+    Raises:
+        ExportError: the modules import each other in a cycle.
+    """
+    waiting = {name: set(deps[name]) & set(deps) for name in deps}
+    ready = [name for name, needs in waiting.items() if not needs]
+    heapq.heapify(ready)
+    order: list[str] = []
+    while ready:
+        name = heapq.heappop(ready)
+        order.append(name)
+        for other, needs in waiting.items():
+            if name in needs:
+                needs.discard(name)
+                if not needs:
+                    heapq.heappush(ready, other)
+    if len(order) != len(deps):
+        cycle = sorted(set(deps) - set(order))
+        raise ExportError(f"error: the modules of src/ import each other in a cycle: {cycle}")
+    return order
+
+
+def interleave(
+    edits: Sequence[tuple[str, str]], deps: Mapping[str, Collection[str]]
+) -> list[tuple[str, str | None]]:
+    """The series' order: ``("edit", name)`` for each edit patch of ``edits`` (``(name,
+    text)``), each preceded by ``("module", stem)`` for the modules it is the first to import,
+    with what they import, in :func:`dependency_order` (see the module docstring).
+
+    Raises:
+        ExportError: a cycle, or a module that no edit imports.
+    """
+    rank = {name: i for i, name in enumerate(dependency_order(deps))}
+    placed: set[str] = set()
+    order: list[tuple[str, str | None]] = []
+    for name, text in edits:
+        need = patch_imports(text, deps)
+        while True:  # what they import, transitively
+            more = {d for n in need for d in deps[n]} - need
+            if not more:
+                break
+            need |= more
+        for module in sorted(need - placed, key=rank.__getitem__):
+            order.append(("module", module))
+            placed.add(module)
+        order.append(("edit", name))
+    unused = sorted(set(deps) - placed)
+    if unused:
+        raise ExportError(
+            f"error: no patch of patches/series imports {', '.join(unused)} (src/): a module "
+            "lands before its first user, and this one has none"
+        )
+    return order
+
+
+def makefile_lines_added(text: str) -> int:
+    """Lines the ``makefile`` hunks of patch ``text`` add, less those they remove."""
+    n, in_makefile = 0, False
+    for line in text.splitlines():
+        if line.startswith("diff --git "):
+            in_makefile = line == "diff --git a/makefile b/makefile"
+        elif in_makefile and not line.startswith(("+++", "---")):
+            n += line.startswith("+") - line.startswith("-")
+    return n
+
+
+def module_patches(
+    src: Path,
+    work: Path,
+    tests: Path = UNIT_TESTS,
+    order: Sequence[tuple[PurePosixPath, int]] | None = None,
+) -> list[tuple[str, str]]:
     """``(name without number, text)`` of one ``git format-patch`` file per module of ``src``,
-    each with the module's unit tests (see the module docstring)."""
+    each with the module's unit tests (see the module docstring).
+
+    ``order`` is ``(module, makefile lines the edit patches before it added)`` in series order
+    (default: every module in path order, none before it), so that each makefile hunk states
+    the line it applies at in the series."""
     repo = work / "modules"
     repo.mkdir()
     env = _git_env(work)
@@ -182,8 +294,17 @@ def module_patches(src: Path, work: Path, tests: Path = UNIT_TESTS) -> list[tupl
     makefile.write_text("".join(f"{ln}\n" for ln in makefile_lines), encoding="utf-8")
     _git(repo, env, "add", "makefile")
     _git(repo, env, "commit", "-q", "-m", "base")
-    modules = lk_fork_backend.own_modules(src)
-    for rel in modules:
+    if order is None:
+        order = [(rel, 0) for rel in lk_fork_backend.own_modules(src)]
+    shifted = 0
+    commits: list[str] = []
+    for rel, shift in order:
+        # the edits' entries go above the module tests: blank lines stand in for them
+        if shift != shifted:
+            makefile_lines[MAKEFILE_TARGET[0] : MAKEFILE_TARGET[0]] = [""] * (shift - shifted)
+            makefile.write_text("".join(f"{ln}\n" for ln in makefile_lines), encoding="utf-8")
+            _git(repo, env, "commit", "-q", "-m", "the edits' makefile entries", "--", "makefile")
+            shifted = shift
         target = repo / PLUGIN_DIR / Path(*rel.parts)
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(src.joinpath(*rel.parts).read_bytes())
@@ -195,29 +316,32 @@ def module_patches(src: Path, work: Path, tests: Path = UNIT_TESTS) -> list[tupl
             makefile_lines.insert(
                 makefile_lines.index(_MAKEFILE_LAST_ENTRY), f"\t\ttests/{unit_test.name} \\"
             )
-            makefile.write_text("".join(f"{ln}\n" for ln in makefile_lines), encoding="utf-8")
-            _git(repo, env, "add", "--", "makefile", f"tests/{unit_test.name}")
+        makefile.write_text("".join(f"{ln}\n" for ln in makefile_lines), encoding="utf-8")
+        _git(
+            repo, env, "add", "--", "makefile", *([f"tests/{unit_test.name}"] if unit_test else [])
+        )
         message = module_message(rel, src.joinpath(*rel.parts), unit_test)
         _git(repo, env, "commit", "-q", "-m", message)
-    out = work / "format-patch"
-    listing = _git(
-        repo,
-        env,
-        "format-patch",
-        "--zero-commit",
-        "--no-signature",
-        "--no-numbered",
-        "--no-thread",
-        "--stat=72",
-        "-o",
-        str(out),
-        "HEAD~" + str(len(modules)),
-    )
-    files = [Path(line) for line in listing.splitlines() if line.strip()]
-    if len(files) != len(modules):
-        raise ExportError(
-            f"error: format-patch wrote {len(files)} files for {len(modules)} modules"
+        commits.append(_git(repo, env, "rev-parse", "HEAD").strip())
+    files = []
+    for i, commit in enumerate(commits):
+        listing = _git(
+            repo,
+            env,
+            "format-patch",
+            "--zero-commit",
+            "--no-signature",
+            "--no-numbered",
+            "--no-thread",
+            "--stat=72",
+            "-o",
+            str(work / "format-patch" / str(i)),
+            "-1",
+            commit,
         )
+        files += [Path(line) for line in listing.splitlines() if line.strip()]
+    if len(files) != len(order):
+        raise ExportError(f"error: format-patch wrote {len(files)} files for {len(order)} modules")
     return [(_NUMBER_RE.sub("", f.name), f.read_text(encoding="utf-8")) for f in files]
 
 
@@ -240,9 +364,21 @@ def build_series(patches_dir: Path = PATCHES, src: Path = SRC) -> list[tuple[str
     except lk_fork_patch.PatchError as e:
         raise ExportError(str(e)) from None
     edits = [edit_patch(n) for n in names]
+    rels = {rel.stem: rel for rel in lk_fork_backend.own_modules(src)}
+    if len(rels) != len(lk_fork_backend.own_modules(src)):
+        raise ExportError("error: two modules of src/ share a name")
+    deps = {stem: module_imports(src.joinpath(*rel.parts), rels) for stem, rel in rels.items()}
+    order = interleave(edits, deps)
+    texts = dict(edits)
+    added, shifts = 0, []
+    for kind, name in order:
+        if kind == "edit":
+            added += makefile_lines_added(texts[name])
+        else:
+            shifts.append((rels[name], added))
     with tempfile.TemporaryDirectory(prefix="lk-fork-series-") as tmp:
-        modules = module_patches(src, Path(tmp))
-    ordered = edits[:MODULES_AFTER] + modules + edits[MODULES_AFTER:]
+        modules = iter(module_patches(src, Path(tmp), order=shifts))
+    ordered = [(name, texts[name]) if kind == "edit" else next(modules) for kind, name in order]
     return [(f"{i:04d}-{stem}", text) for i, (stem, text) in enumerate(ordered, start=1)]
 
 

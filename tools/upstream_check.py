@@ -8,7 +8,9 @@ For a series (a directory with a `series` file naming `git format-patch` files i
    own pyproject settings apply: `ruff check`, `ruff format --check`, and mypy on the changed
    packages with the flags of upstream's `scripts/check_types.py` (an error counts against
    the series only if it lands in a file the series changes);
-3. run the test files the series adds or changes, with the clone's pytest settings;
+3. run the test files the series adds or changes, with the clone's pytest settings; then apply
+   the series again one patch at a time and run the test files each patch adds on the tree as of
+   that patch (a module patch placed before a module it imports fails here);
 4. prove those tests can fail: a test patch is applied alone to the base, a `fix` patch
    with tests (or a `feat` patch that creates no file outside tests/, i.e. not a module
    patch) gets the patches before it plus only its own test hunks; either way its tests
@@ -230,6 +232,38 @@ def _has_commit(checkout: Path, ref: str) -> bool:
     return out.returncode == 0
 
 
+def check_in_order(
+    patches: Sequence[Patch],
+    checkout: Path,
+    base_ref: str,
+    clone: Path,
+    python: str,
+    report: Report,
+) -> None:
+    """Apply `patches` one at a time; after each that adds test files, run those there.
+
+    So each commit of the series works as committed: a module patch's tests find every module
+    it imports (an order where a module came before what it imports fails here with a
+    ModuleNotFoundError), and an edit's tests need nothing from a later patch.
+    """
+    _clone(checkout, base_ref, clone)
+    for patch in patches:
+        out = _am(clone, [patch])
+        if out.returncode != 0:
+            report.add(f"{patch.path.name}: git am in order", False, _tail(out.stdout))
+            return
+        new_tests = [f for f in patch.new_files if _is_test_file(f)]
+        if not new_tests:
+            continue
+        out = _pytest(python, clone, new_tests)
+        report.add(
+            f"{patch.path.name} at its place in the series: {' '.join(new_tests)} "
+            f"({_pytest_counts(out)})",
+            out.returncode == 0,
+            "" if out.returncode == 0 else _tail(out.stdout),
+        )
+
+
 def check_series(
     series_dir: Path,
     checkout: Path,
@@ -317,6 +351,8 @@ def check_series(
             )
         else:
             report.add("pytest: the series adds no tests under tests/", False)
+
+        check_in_order(patches, checkout, base_ref, work / "in-order", python, report)
 
         for i, patch in enumerate(patches):
             if not patch.test_files:
