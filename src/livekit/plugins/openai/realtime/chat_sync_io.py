@@ -143,6 +143,8 @@ class ChatSyncIO:
                         return
                     try:
                         await self._wait(batch)
+                        # the view as a list for ``chat_ctx`` and the next sync, made in slices
+                        await drain_sliced(self.remote.snapshot_steps(), slicer)
                         return
                     except ChatContextSyncError:
                         dropped = self.state.connection != connection and not self._closed()

@@ -305,8 +305,10 @@ class ConversationState:
         for item_id in (*lost, *empty):
             self.remote.remove(item_id)
         unconfirmed: set[str] = set()
+        self.remote.changes += 1  # the items are not held from now on, one step at a time
         for n, r in enumerate(self.remote, 1):
             if n % STEP_ITEMS == 0:
+                self.remote.changes += 1
                 yield None
             r.held = False
             unconfirmed.add(r.item.id)
@@ -362,9 +364,8 @@ class ConversationState:
         sent = self.events.confirmed("create", item_id)
         existing = self.remote.get(item_id)
         if sent is not None and sent.item is not None and existing is not None and sent.replay:
-            existing.item, existing.held = sent.item, True
             existing.origin, existing.audio = "client", False
-            self.remote.changes += 1
+            self.remote.replaced(item_id, sent.item, held=True)
             return
         if existing is not None and not existing.held and self.replay is None:
             # a replayed item that got no answer, created again by a sync: it stands where the
