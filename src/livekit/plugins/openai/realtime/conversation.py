@@ -334,13 +334,24 @@ class ConversationState:
 
     def connection_closed(self) -> None:
         """The connection is gone: what was meant for it and not answered never will be."""
-        self.events.fail(
+        for _ in self.connection_closed_steps():
+            pass
+
+    def connection_closed_steps(self) -> Generator[None, None, None]:
+        """:meth:`connection_closed`: its operations leave the books before the first step,
+        and their callers get the failure in steps (see ``PendingItemEvents.fail_steps``)."""
+        yield from self.events.fail_steps(
             ChatContextSyncError("the connection to the realtime service closed before it answered")
         )
 
     def close(self) -> None:
         """The session closes: every pending and later operation fails at once."""
-        self.events.close(
+        for _ in self.close_steps():
+            pass
+
+    def close_steps(self) -> Generator[None, None, None]:
+        """:meth:`close`, its pending operations failed in steps (later ones fail at once)."""
+        yield from self.events.close_steps(
             ChatContextSyncError("the realtime session closed before the service answered")
         )
 
