@@ -330,6 +330,9 @@ class ChatSyncIO:
         steps = self.state.replay_steps(replay)
         sent_all = False
         try:
+            # the session's own handshake events went out in this callback: the replay starts
+            # in a slice of its own (nothing else is sent on the new connection meanwhile)
+            await asyncio.sleep(0)
             for op in steps:
                 if self._closed():
                     break  # the session closes: the rest of the replay would go nowhere

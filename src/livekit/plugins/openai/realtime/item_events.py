@@ -33,8 +33,9 @@ class Batch:
     remaining: int = 0
     size: int = 0
     errors: list[ChatContextSyncError] = field(default_factory=list)
-    events: list[ItemEvent] = field(default_factory=list)
-    """its events, settled or not (a failure of the batch walks these only)"""
+    events: dict[str, ItemEvent] = field(default_factory=dict)
+    """its events not settled yet, by event id (a failure of the batch walks these only; a
+    settled one leaves at once, so that thousands are not freed in one go with the batch)"""
     on_settle: Callable[[], None] | None = None
     """called whenever one of its events is settled (the waiter's clock and wake-up)"""
 
@@ -116,7 +117,7 @@ class PendingItemEvents:
             self._leave_batch(ev, self._closed)
             return ev
         if ev.batch is not None:
-            ev.batch.events.append(ev)
+            ev.batch.events[ev.event_id] = ev
         self._by_event[ev.event_id] = ev
         self._by_item.setdefault((ev.kind, ev.item_id), deque()).append(ev)
         return ev
@@ -161,8 +162,8 @@ class PendingItemEvents:
             for _ in self.fail_steps(error):
                 pass
             return
-        for ev in batch.events:
-            if ev.batch is batch and self._by_event.get(ev.event_id) is ev:
+        for ev in list(batch.events.values()):
+            if self._by_event.get(ev.event_id) is ev:
                 if not ev.sent:
                     self._cancelled.add(ev.event_id)
                 self._settle(ev, error)
@@ -186,8 +187,8 @@ class PendingItemEvents:
     def expire(self, batch: Batch, error: ChatContextSyncError) -> None:
         """The caller of ``batch`` stopped waiting: its events fail for it, and stay tracked
         (expired) so that a late answer still updates the state."""
-        for ev in batch.events:
-            if ev.batch is batch and self._by_event.get(ev.event_id) is ev:
+        for ev in list(batch.events.values()):
+            if self._by_event.get(ev.event_id) is ev:
                 ev.expired = True
                 self._leave_batch(ev, error)
 
@@ -222,6 +223,7 @@ class PendingItemEvents:
         batch, ev.batch = ev.batch, None
         if batch is None:
             return
+        batch.events.pop(ev.event_id, None)
         if error is not None:
             batch.errors.append(error)
         batch.remaining -= 1
