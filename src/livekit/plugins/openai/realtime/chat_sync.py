@@ -57,6 +57,7 @@ __all__ = [
     "RemoteItem",
     "Insertion",
     "SyncPlan",
+    "ViewSnapshot",
     "appended_sync_steps",
     "compute_chat_ctx_diff",
     "plan_replay",
@@ -332,6 +333,28 @@ class RemoteItem:
     """the service on the current connection holds it; False while a replay re-creates it"""
     _prev: RemoteItem | None = field(default=None, repr=False, compare=False)
     _next: RemoteItem | None = field(default=None, repr=False, compare=False)
+    _index: int = field(default=-1, repr=False, compare=False)
+    """its position in the view's snapshot, while that is current"""
+
+    @property
+    def settled(self) -> bool:
+        """Held on the current connection, its content known."""
+        return self.held and self.known_at is not None
+
+
+@dataclass
+class ViewSnapshot:
+    """The view as a list, as it was at ``changes`` (see :meth:`RemoteConversation.snapshot`):
+    what ``chat_ctx`` reads and what the appended sync compares a context with. Read only."""
+
+    changes: int
+    items: list[llm.ChatItem]
+    unsettled: int
+    """items not held on the current connection or whose content is not known"""
+    calls: set[str]
+    """the call ids of the view's function calls"""
+    orphans: int
+    """function call outputs the view holds before (or without) their call"""
 
 
 class RemoteConversation:
@@ -348,7 +371,11 @@ class RemoteConversation:
         self._tail: RemoteItem | None = None
         self.revision = revision
         self.changes = 0
-        """grows with every change of the view (an item added, removed or replaced)"""
+        """grows with every change of the view (an item added, removed or replaced); a change
+        made from outside (a field of an item set) must bump it too"""
+        # the view as a list, current while its ``changes`` is ours: built when read, kept
+        # up to date by an item added last and by an item's content replaced in place
+        self._snapshot: ViewSnapshot | None = None
 
     def __len__(self) -> int:
         return len(self._state)
@@ -377,7 +404,81 @@ class RemoteConversation:
         return self._tail
 
     def to_chat_ctx(self) -> llm.ChatContext:
-        return llm.ChatContext(items=[r.item for r in self])
+        """The view as a new context (its list is the caller's own; the items are shared)."""
+        return llm.ChatContext(items=list(self.snapshot().items))
+
+    def snapshot(self) -> ViewSnapshot:
+        """The view as a list (see :meth:`snapshot_steps`), at once."""
+        snapshot = _drain(self.snapshot_steps())
+        assert snapshot is not None  # nothing changes the view while it is built at once
+        return snapshot
+
+    def snapshot_steps(self) -> Steps[ViewSnapshot | None]:
+        """The view as a list: the current snapshot, else a new one built in steps (None when
+        the view changed while it was built). One walk per change of the view at most: an item
+        added last or one's content replaced keeps the snapshot current."""
+        current = self._snapshot
+        if current is not None and current.changes == self.changes:
+            return current
+        changes = self.changes
+        items: list[llm.ChatItem] = []
+        calls: set[str] = set()
+        unsettled = orphans = 0
+        node = self._head
+        k = 0
+        while node is not None:
+            if k % CHUNK_ITEMS == 0:
+                yield
+                if self.changes != changes:
+                    return None
+            item = node.item
+            node._index = k
+            items.append(item)
+            if not node.held or node.known_at is None:
+                unsettled += 1
+            if item.type == "function_call":
+                calls.add(item.call_id)
+            elif item.type == "function_call_output" and item.call_id not in calls:
+                orphans += 1
+            node = node._next
+            k += 1
+        self._snapshot = ViewSnapshot(changes, items, unsettled, calls, orphans)
+        return self._snapshot
+
+    def _current_snapshot(self) -> ViewSnapshot | None:
+        snapshot = self._snapshot
+        return snapshot if snapshot is not None and snapshot.changes == self.changes else None
+
+    def replaced(self, item_id: str, item: llm.ChatItem, *, held: bool) -> None:
+        """An item's content (and whether the current connection holds it) changed in place:
+        a replayed item the service confirmed."""
+        state = self._state.get(item_id)
+        if state is None:
+            return
+        snapshot = self._current_snapshot()
+        was_settled = state.settled
+        state.item, state.held = item, held
+        self.changes += 1
+        self._replaced_in(snapshot, state, was_settled)
+
+    def _replaced_in(
+        self, snapshot: ViewSnapshot | None, state: RemoteItem, was_settled: bool
+    ) -> None:
+        """Keep ``snapshot`` (current before the change) current after ``state`` changed in
+        place, where it can at no cost; else it is left stale."""
+        if snapshot is None or not 0 <= state._index < len(snapshot.items):
+            return
+        old = snapshot.items[state._index]
+        new = state.item
+        if (
+            old.id != new.id
+            or old.type != new.type
+            or getattr(old, "call_id", None) != getattr(new, "call_id", None)
+        ):
+            return
+        snapshot.items[state._index] = new
+        snapshot.unsettled += int(was_settled) - int(state.settled)
+        snapshot.changes = self.changes
 
     def add(
         self,
@@ -407,6 +508,7 @@ class RemoteConversation:
         if known and known_at is None:
             self.revision += 1
             known_at = self.revision
+        snapshot = self._current_snapshot()
         node = RemoteItem(item, origin, known_at if known else None, audio=audio)
         node._prev, node._next = prev, (prev._next if prev is not None else self._head)
         if node._next is not None:
@@ -419,6 +521,16 @@ class RemoteConversation:
             self._head = node
         self._state[item.id] = node
         self.changes += 1
+        if snapshot is not None and node._next is None:
+            # added last (the common case): the snapshot grows by it
+            node._index = len(snapshot.items)
+            snapshot.items.append(item)
+            snapshot.unsettled += not node.settled
+            if item.type == "function_call":
+                snapshot.calls.add(item.call_id)
+            elif item.type == "function_call_output" and item.call_id not in snapshot.calls:
+                snapshot.orphans += 1
+            snapshot.changes = self.changes
 
     def remove(self, item_id: str) -> None:
         """Forget a deleted item.
@@ -445,6 +557,8 @@ class RemoteConversation:
         state = self._state.get(item_id)
         if state is None:
             return
+        snapshot = self._current_snapshot()
+        was_settled = state.settled
         if item is not None:
             if state.heard is not None and item.type == "message":
                 item = item.model_copy(update={"content": [state.heard] if state.heard else []})
@@ -452,6 +566,7 @@ class RemoteConversation:
         self.revision += 1
         self.changes += 1
         state.known_at = self.revision
+        self._replaced_in(snapshot, state, was_settled)
 
     def truncate(self, item_id: str, heard: str) -> None:
         """The service cut a reply where the user stopped hearing it: it holds ``heard`` now."""
@@ -735,30 +850,23 @@ def appended_sync_steps(
     """
     if remote.revision != since or INSTRUCTIONS_MESSAGE_ID in remote:
         return None
-    changes = remote.changes
+    view = yield from remote.snapshot_steps()
+    if view is None or view.unsettled or view.orphans:
+        return None  # an output before its call, or without it: the full rule decides
+    changes = view.changes
     ctx_items = chat_ctx.items
-    count = len(remote)
+    count = len(view.items)
     if len(ctx_items) < count:
         return None
-    calls: set[str] = set()  # the view's calls, which its outputs and the new ones answer
-    node = remote._head
-    last: str | None = None
-    for k in range(count):
-        if k % CHUNK_ITEMS == 0:
-            yield
-            if remote.changes != changes:
-                return None  # the view changed meanwhile
-        assert node is not None
-        item = node.item
-        local = ctx_items[k]
-        if (local is not item and local != item) or not node.held or node.known_at is None:
+    # the context starts with the view, item for item: compared a slice at a time (by identity
+    # first, which is what a context made from ``chat_ctx`` holds)
+    for start in range(0, count, STEP_ITEMS):
+        yield
+        if remote.changes != changes:
+            return None  # the view changed meanwhile
+        end = min(start + STEP_ITEMS, count)
+        if ctx_items[start:end] != view.items[start:end]:
             return None
-        if item.type == "function_call":
-            calls.add(item.call_id)
-        elif item.type == "function_call_output" and item.call_id not in calls:
-            return None  # an output before its call, or without it: the full rule decides
-        last = item.id
-        node = node._next
     new = ctx_items[count:]
     for item in new:
         if item.id in remote or wire_item_id(item.id) in remote:
@@ -766,15 +874,21 @@ def appended_sync_steps(
     yield
     if remote.changes != changes:
         return None
+    last = view.items[-1].id if count else None
     items, warnings = yield from protocol_items_steps(
         llm.ChatContext(items=list(new)),
         remote,
         warned=warned,
         protocol=protocol,
         images=images,
-        calls=calls,
+        calls=set(view.calls),
     )
-    plan = SyncPlan(insertions=(yield from _split(last, items)) if items else [])
+    insertions = (yield from _split(last, items)) if items else []
+    if remote.changes != changes:
+        # the view changed while the new items were read: the full plan decides, and warns
+        warned.difference_update(item_id for item_id, _ in warnings)
+        return None
+    plan = SyncPlan(insertions=insertions)
     return items, warnings, plan
 
 

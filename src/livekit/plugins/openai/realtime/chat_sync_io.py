@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import json
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any
 
 from livekit.agents import llm, utils
@@ -79,6 +79,8 @@ class ChatSyncIO:
         # set once the session closes: a connection attempt or a retry's wait stops there
         self.closing = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        # failures of many pending operations at once, settled in slices (see ``_settle``)
+        self._settling: set[asyncio.Task[None]] = set()
         # syncs asked for and not yet queued, and the requests asked for after them
         self._open_syncs: deque[int] = deque()
         self._held_back: deque[tuple[int, Any]] = deque()
@@ -143,6 +145,8 @@ class ChatSyncIO:
                         return
                     try:
                         await self._wait(batch)
+                        # the view as a list for ``chat_ctx`` and the next sync, made in slices
+                        await drain_sliced(self.remote.snapshot_steps(), slicer)
                         return
                     except ChatContextSyncError:
                         dropped = self.state.connection != connection and not self._closed()
@@ -326,6 +330,9 @@ class ChatSyncIO:
         steps = self.state.replay_steps(replay)
         sent_all = False
         try:
+            # the session's own handshake events went out in this callback: the replay starts
+            # in a slice of its own (nothing else is sent on the new connection meanwhile)
+            await asyncio.sleep(0)
             for op in steps:
                 if self._closed():
                     break  # the session closes: the rest of the replay would go nowhere
@@ -373,12 +380,12 @@ class ChatSyncIO:
 
     def connection_closed(self, reply_error: str) -> None:
         """The connection is gone: what was meant for it and not answered never will be."""
-        self.state.connection_closed()
+        self._settle(self.state.connection_closed_steps())
         self.replies.fail_all(reply_error)
 
     def close(self) -> None:
         """The session closes: every pending and later sync and reply fails at once."""
-        self.state.close()
+        self._settle(self.state.close_steps())
         self.replies.fail_all("the realtime session closed before the reply was created")
         self.ready.set()  # wake the syncs waiting for a connection: they fail
         self.closing.set()
@@ -391,7 +398,36 @@ class ChatSyncIO:
         self.replies.fail_all(self.replies.failure)
         self.ready.set()
 
+    def _settle(self, steps: Generator[None, None, None]) -> None:
+        """Fail many pending operations: at once they leave the books (the first step), then
+        their callers get the failure in slices, so that thousands of them do not hold the
+        event loop; a cancelled slicing settles the rest at once."""
+        try:
+            next(steps)
+        except StopIteration:
+            return
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            for _ in steps:
+                pass
+            return
+
+        async def _sliced() -> None:
+            try:
+                await drain_sliced(steps)
+            finally:
+                for _ in steps:
+                    pass
+
+        task = asyncio.create_task(_sliced())
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
     async def aclose(self) -> None:
+        # every caller gets its failure before the session is closed
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*self._settling)
         await utils.aio.cancel_and_wait(*self._tasks)
 
     def should_send(self, msg: dict[str, Any]) -> bool:

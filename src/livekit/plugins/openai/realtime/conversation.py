@@ -305,8 +305,10 @@ class ConversationState:
         for item_id in (*lost, *empty):
             self.remote.remove(item_id)
         unconfirmed: set[str] = set()
+        self.remote.changes += 1  # the items are not held from now on, one step at a time
         for n, r in enumerate(self.remote, 1):
             if n % STEP_ITEMS == 0:
+                self.remote.changes += 1
                 yield None
             r.held = False
             unconfirmed.add(r.item.id)
@@ -332,13 +334,24 @@ class ConversationState:
 
     def connection_closed(self) -> None:
         """The connection is gone: what was meant for it and not answered never will be."""
-        self.events.fail(
+        for _ in self.connection_closed_steps():
+            pass
+
+    def connection_closed_steps(self) -> Generator[None, None, None]:
+        """:meth:`connection_closed`: its operations leave the books before the first step,
+        and their callers get the failure in steps (see ``PendingItemEvents.fail_steps``)."""
+        yield from self.events.fail_steps(
             ChatContextSyncError("the connection to the realtime service closed before it answered")
         )
 
     def close(self) -> None:
         """The session closes: every pending and later operation fails at once."""
-        self.events.close(
+        for _ in self.close_steps():
+            pass
+
+    def close_steps(self) -> Generator[None, None, None]:
+        """:meth:`close`, its pending operations failed in steps (later ones fail at once)."""
+        yield from self.events.close_steps(
             ChatContextSyncError("the realtime session closed before the service answered")
         )
 
@@ -362,9 +375,8 @@ class ConversationState:
         sent = self.events.confirmed("create", item_id)
         existing = self.remote.get(item_id)
         if sent is not None and sent.item is not None and existing is not None and sent.replay:
-            existing.item, existing.held = sent.item, True
             existing.origin, existing.audio = "client", False
-            self.remote.changes += 1
+            self.remote.replaced(item_id, sent.item, held=True)
             return
         if existing is not None and not existing.held and self.replay is None:
             # a replayed item that got no answer, created again by a sync: it stands where the

@@ -13,13 +13,13 @@ item is pending. The events of one ``update_chat_ctx`` (or of one replay) form a
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Literal
 
 from livekit.agents import llm
 
-from .chat_sync import ChatContextSyncError, Origin
+from .chat_sync import STEP_ITEMS, ChatContextSyncError, Origin
 
 __all__ = ["Batch", "ItemEvent", "PendingItemEvents"]
 
@@ -33,6 +33,9 @@ class Batch:
     remaining: int = 0
     size: int = 0
     errors: list[ChatContextSyncError] = field(default_factory=list)
+    events: dict[str, ItemEvent] = field(default_factory=dict)
+    """its events not settled yet, by event id (a failure of the batch walks these only; a
+    settled one leaves at once, so that thousands are not freed in one go with the batch)"""
     on_settle: Callable[[], None] | None = None
     """called whenever one of its events is settled (the waiter's clock and wake-up)"""
 
@@ -87,6 +90,9 @@ class PendingItemEvents:
         self._by_event: dict[str, ItemEvent] = {}
         self._by_item: dict[tuple[Kind, str], deque[ItemEvent]] = {}
         self._cancelled: set[str] = set()
+        # events failed all at once (``fail_steps``) and not settled yet: none of them is
+        # pending any more, and those not sent are cancelled already
+        self._detached: dict[str, ItemEvent] = {}
         self._closed: ChatContextSyncError | None = None
         # live events settled by a confirmation an older expired event may have been owed
         self._ambiguous: dict[str, ItemEvent] = {}
@@ -110,6 +116,8 @@ class PendingItemEvents:
             self._cancelled.add(ev.event_id)
             self._leave_batch(ev, self._closed)
             return ev
+        if ev.batch is not None:
+            ev.batch.events[ev.event_id] = ev
         self._by_event[ev.event_id] = ev
         self._by_item.setdefault((ev.kind, ev.item_id), deque()).append(ev)
         return ev
@@ -150,33 +158,57 @@ class PendingItemEvents:
 
         Events not sent yet are never sent: see :meth:`cancelled`.
         """
-        for ev in list(self._by_event.values()):
-            if batch is None or ev.batch is batch:
+        if batch is None:
+            for _ in self.fail_steps(error):
+                pass
+            return
+        for ev in list(batch.events.values()):
+            if self._by_event.get(ev.event_id) is ev:
                 if not ev.sent:
                     self._cancelled.add(ev.event_id)
                 self._settle(ev, error)
-        if batch is None:
-            self._ambiguous.clear()  # the events they were about are gone
+
+    def fail_steps(self, error: ChatContextSyncError) -> Generator[None, None, None]:
+        """:meth:`fail` of every pending event, in steps: before the first step, they all leave
+        the books (no answer reaches them any more, those not sent are cancelled), then each
+        step settles a few of them with ``error``, in the order they were tracked."""
+        failing = list(self._by_event.values())
+        self._detached.update(self._by_event)
+        self._by_event = {}
+        self._by_item = {}
+        self._ambiguous.clear()  # the events they were about are gone
+        for start in range(0, len(failing), STEP_ITEMS):
+            yield
+            for ev in failing[start : start + STEP_ITEMS]:
+                if self._detached.pop(ev.event_id, None) is not None and not ev.sent:
+                    self._cancelled.add(ev.event_id)
+                self._leave_batch(ev, error)
 
     def expire(self, batch: Batch, error: ChatContextSyncError) -> None:
         """The caller of ``batch`` stopped waiting: its events fail for it, and stay tracked
         (expired) so that a late answer still updates the state."""
-        for ev in list(self._by_event.values()):
-            if ev.batch is batch:
+        for ev in list(batch.events.values()):
+            if self._by_event.get(ev.event_id) is ev:
                 ev.expired = True
                 self._leave_batch(ev, error)
 
     def close(self, error: ChatContextSyncError) -> None:
         """Fail everything pending, and every event tracked from now on."""
+        for _ in self.close_steps(error):
+            pass
+
+    def close_steps(self, error: ChatContextSyncError) -> Generator[None, None, None]:
+        """:meth:`close`, settling what is pending in steps (see :meth:`fail_steps`)."""
         self._closed = error
-        self.fail(error)
+        yield from self.fail_steps(error)
 
     def cancelled(self, event_id: str) -> bool:
         """Whether the event failed before it was sent; it must not be sent any more."""
         try:
             self._cancelled.remove(event_id)
         except KeyError:
-            return False
+            ev = self._detached.pop(event_id, None)
+            return ev is not None and not ev.sent
         return True
 
     def _settle(self, ev: ItemEvent, error: ChatContextSyncError | None) -> None:
@@ -191,6 +223,7 @@ class PendingItemEvents:
         batch, ev.batch = ev.batch, None
         if batch is None:
             return
+        batch.events.pop(ev.event_id, None)
         if error is not None:
             batch.errors.append(error)
         batch.remaining -= 1
