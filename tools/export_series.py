@@ -231,7 +231,7 @@ def dependency_order(deps: Mapping[str, Collection[str]]) -> list[str]:
 
 def interleave(
     edits: Sequence[tuple[str, str]], deps: Mapping[str, Collection[str]]
-) -> list[tuple[str, str | None]]:
+) -> list[tuple[str, str]]:
     """The series' order: ``("edit", name)`` for each edit patch of ``edits`` (``(name,
     text)``), each preceded by ``("module", stem)`` for the modules it is the first to import,
     with what they import, in :func:`dependency_order` (see the module docstring).
@@ -241,7 +241,7 @@ def interleave(
     """
     rank = {name: i for i, name in enumerate(dependency_order(deps))}
     placed: set[str] = set()
-    order: list[tuple[str, str | None]] = []
+    order: list[tuple[str, str]] = []
     for name, text in edits:
         need = patch_imports(text, deps)
         while True:  # what they import, transitively
