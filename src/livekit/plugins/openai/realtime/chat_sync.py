@@ -356,6 +356,17 @@ class ViewSnapshot:
     orphans: int
     """function call outputs the view holds before (or without) their call"""
 
+    def _append(self, node: RemoteItem) -> None:
+        """Count ``node`` in as the view's next item."""
+        node._index = len(self.items)
+        item = node.item
+        self.items.append(item)
+        self.unsettled += not node.settled
+        if item.type == "function_call":
+            self.calls.add(item.call_id)
+        elif item.type == "function_call_output" and item.call_id not in self.calls:
+            self.orphans += 1
+
 
 class RemoteConversation:
     """The client's mirror of the service's conversation, in the service's order.
@@ -420,30 +431,17 @@ class RemoteConversation:
         current = self._snapshot
         if current is not None and current.changes == self.changes:
             return current
-        changes = self.changes
-        items: list[llm.ChatItem] = []
-        calls: set[str] = set()
-        unsettled = orphans = 0
+        snapshot = ViewSnapshot(self.changes, [], 0, set(), 0)
         node = self._head
-        k = 0
         while node is not None:
-            if k % CHUNK_ITEMS == 0:
+            if len(snapshot.items) % CHUNK_ITEMS == 0:
                 yield
-                if self.changes != changes:
+                if self.changes != snapshot.changes:
                     return None
-            item = node.item
-            node._index = k
-            items.append(item)
-            if not node.held or node.known_at is None:
-                unsettled += 1
-            if item.type == "function_call":
-                calls.add(item.call_id)
-            elif item.type == "function_call_output" and item.call_id not in calls:
-                orphans += 1
+            snapshot._append(node)
             node = node._next
-            k += 1
-        self._snapshot = ViewSnapshot(changes, items, unsettled, calls, orphans)
-        return self._snapshot
+        self._snapshot = snapshot
+        return snapshot
 
     def _current_snapshot(self) -> ViewSnapshot | None:
         snapshot = self._snapshot
@@ -523,13 +521,7 @@ class RemoteConversation:
         self.changes += 1
         if snapshot is not None and node._next is None:
             # added last (the common case): the snapshot grows by it
-            node._index = len(snapshot.items)
-            snapshot.items.append(item)
-            snapshot.unsettled += not node.settled
-            if item.type == "function_call":
-                snapshot.calls.add(item.call_id)
-            elif item.type == "function_call_output" and item.call_id not in snapshot.calls:
-                snapshot.orphans += 1
+            snapshot._append(node)
             snapshot.changes = self.changes
 
     def remove(self, item_id: str) -> None:
