@@ -1,9 +1,10 @@
 """The patch queue (``tools/patch_queue.py``): ``patches/`` laid out as git commits and back.
 
 Exporting an unchanged tree writes nothing; a one-line edit of one patch's commit rewrites only
-that patch; a new commit becomes a new patch at the end of the series; a re-cut renumbers the
-series, keeps names by subject and removes dropped patches; the ``makefile`` hunk of the test
-patch survives the round trip though the sdist has no ``makefile``.
+that patch; a new commit becomes a new patch at the end of the series, named by its whole
+subject; a re-cut renumbers the series, keeps names by subject and removes dropped patches; a
+reworded commit keeps its patch's name and the series comment above it; the ``makefile`` hunk of
+the test patch survives the round trip though the sdist has no ``makefile``.
 """
 
 from __future__ import annotations
@@ -138,3 +139,44 @@ def test_a_recut_renumbers_keeps_names_by_subject_and_removes_dropped_patches(
     # a second export of the same tree rewrites nothing
     again = tool.export(tree, check=True)
     assert (again.changed, again.added, again.renamed, again.removed) == ([], [], [], [])
+
+
+def _reword(tree: Path, position: int, subject: str) -> None:
+    """Give the commit at ``position`` (0-based, after ``upstream``) the subject ``subject``."""
+    commits = _git(tree, "rev-list", "--reverse", "upstream..HEAD").split()
+    _git(tree, "reset", "-q", "--hard", commits[position])
+    body = _git(tree, "log", "-1", "--format=%b")
+    _git(tree, "commit", "-q", "--amend", "-m", subject, "-m", body)
+    for commit in commits[position + 1 :]:
+        _git(tree, "cherry-pick", commit)
+
+
+def test_a_reworded_commit_keeps_its_patch_name_and_series_comment(
+    queue: tuple[ModuleType, Path, Path],
+) -> None:
+    tool, patches, tree = queue
+    names = tool.lk_fork_patch.read_series(patches)
+    series = (patches / "series").read_text(encoding="utf-8")
+    last = len(names) - 1
+    comment = series.splitlines()[series.splitlines().index(names[last]) - 1]
+    assert comment.startswith("#"), "the last entry of patches/series has a comment above it"
+    _reword(tree, last, "feat(openai): a much longer reworded subject that git would cut short")
+    done = tool.export(tree, check=False)
+    assert (done.changed, done.added, done.renamed, done.removed) == ([names[last]], [], [], [])
+    assert tool.lk_fork_patch.read_series(patches) == names
+    assert (patches / "series").read_text(encoding="utf-8") == series
+    assert "a much longer reworded subject that git would cut short" in " ".join(
+        (patches / names[last]).read_text(encoding="utf-8").split()
+    )
+
+
+def test_a_new_commit_is_named_by_its_whole_subject(queue: tuple[ModuleType, Path, Path]) -> None:
+    tool, patches, tree = queue
+    names = tool.lk_fork_patch.read_series(patches)
+    (tree / tool.PLUGIN_DIR / "NEWS.md").write_text("news\n", encoding="utf-8")
+    _git(tree, "add", "-A")
+    subject = "docs(openai): add a news file that says what changed in each release of the fork"
+    _git(tree, "commit", "-qm", subject)
+    done = tool.export(tree, check=False)
+    slug = "docs-openai-add-a-news-file-that-says-what-changed-in-each-release-of-the-fork"
+    assert done.added == [f"{len(names) + 1:04d}-{slug}.patch"]

@@ -5,8 +5,8 @@
 commit (tagged ``upstream``), then one commit per patch of ``patches/series`` (``git am``). Edit,
 commit, ``git rebase -i upstream`` (or re-cut the history from ``upstream``); then ``export``
 writes the commits back as ``patches/`` files numbered 0001..N in commit order: a patch keeps
-its name while its subject stays, only the files whose bytes changed are rewritten, a new
-commit becomes a new patch, a patch no commit is left for is removed, and ``patches/series`` is
+its name while its subject stays (or, reworded, while it keeps its position), only the files
+whose bytes changed are rewritten, a new commit becomes a new patch, a patch no commit is left for is removed, and ``patches/series`` is
 rewritten in the tree's order. ``--check`` only reports what would change (CI uses it to show
 that the committed series is what an export of it produces).
 
@@ -51,6 +51,8 @@ FORMAT_PATCH = (
     "--zero-commit",
     "--no-signature",
     "--no-numbered",
+    # a new or reworded commit's file name is its whole subject (git cuts it at 64 by default)
+    "--filename-max-length=200",
 )
 _MAKEFILE = "makefile"
 _SECTION_RE = re.compile(r"^diff --git a/(\S+) b/\S+$", re.MULTILINE)
@@ -216,7 +218,9 @@ def export(work: Path, *, check: bool) -> Export:
     ``check``, only report what differs).
 
     Commit ``N`` after ``upstream`` becomes ``NNNN-<slug>.patch``, ``NNNN`` its position: the
-    slug of the committed patch with the same subject, else the one ``git format-patch`` gives.
+    slug of the committed patch with the same subject, else (a reworded commit) that of the
+    committed patch at its position if no commit has that patch's subject, else the one
+    ``git format-patch`` gives for the whole subject.
     So a re-cut (commits reordered, merged, split, dropped) numbers the series 0001..N in order,
     keeps the names of the patches it keeps, removes the files no commit is left for and rewrites
     ``patches/series`` in the tree's order; an unchanged tree rewrites nothing.
@@ -233,9 +237,15 @@ def export(work: Path, *, check: bool) -> Export:
     plan: list[tuple[str, str, str | None]] = []  # (name, text, the committed patch it was)
     with tempfile.TemporaryDirectory() as tmp:
         _git(work, *FORMAT_PATCH, "-o", tmp, f"{BASE_TAG}..HEAD")
-        for index, path in enumerate(sorted(Path(tmp).glob("*.patch"))):
-            text = path.read_text(encoding="utf-8")
+        exported = sorted(Path(tmp).glob("*.patch"))
+        texts = [path.read_text(encoding="utf-8") for path in exported]
+        claimed = {by_subject[s] for s in map(_subject, texts) if s in by_subject}
+        for index, (path, text) in enumerate(zip(exported, texts, strict=True)):
             old = by_subject.get(_subject(text))
+            if old is None and index < len(names) and names[index] not in claimed:
+                # a reworded commit keeps the name of the patch it replaces at its position
+                old = names[index]
+                claimed.add(old)
             name = f"{index + 1:04d}-{_slug(old if old is not None else path.name)}"
             if any(name == n for n, _, _ in plan):
                 raise QueueError(f"two commits of the tree export as {name}: reword one")
