@@ -434,7 +434,8 @@ def _label(handle: asyncio.Handle) -> str:
         if not name.startswith("Task-"):
             return name
         coro = task.get_coro()
-        return getattr(coro, "__qualname__", repr(coro))
+        # an awaitable that is not a coroutine (aiohttp's ws_connect) by its type, not its repr
+        return getattr(coro, "__qualname__", None) or _short(type(coro).__qualname__)
     for name in ("__qualname__", "__name__"):
         if isinstance(value := getattr(callback, name, None), str):
             return _short(value)

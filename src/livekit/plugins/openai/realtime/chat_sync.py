@@ -860,7 +860,11 @@ def appended_sync_steps(
         if ctx_items[start:end] != view.items[start:end]:
             return None
     new = ctx_items[count:]
-    for item in new:
+    for n, item in enumerate(new, 1):
+        if n % STEP_ITEMS == 0:
+            yield
+            if remote.changes != changes:
+                return None
         if item.id in remote or wire_item_id(item.id) in remote:
             return None  # an item of the view moved after the others
     yield
