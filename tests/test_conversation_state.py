@@ -214,7 +214,8 @@ class StateAndService(RuleBasedStateMachine):
         self.service = Service()
         self.lost_answers.clear()
         self.voice.clear()  # replayed as text: ordinary items now
-        ops, self.replay = self.state.start_replay()
+        self.replay = item_events.Batch()
+        ops = [op for op in self.state.replay_steps(self.replay) if op is not None]
         for op in ops:
             self.state.sent(op.event_id)
         self.in_flight.extend(ops)

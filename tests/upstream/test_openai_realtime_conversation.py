@@ -156,7 +156,8 @@ def test_the_service_items_content_is_unknown_until_its_transcript_or_end() -> N
 def _dropped_with_a_replay(state: ConversationState) -> tuple[list[Operation], Batch]:
     state.connection_lost()
     state.connection_closed()
-    return state.start_replay()
+    batch = Batch()
+    return [op for op in state.replay_steps(batch) if op is not None], batch
 
 
 def test_a_replay_recreates_the_view_which_keeps_the_whole_conversation() -> None:

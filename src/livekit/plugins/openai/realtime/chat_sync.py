@@ -1110,11 +1110,6 @@ def _target_order(
     return out
 
 
-def _insertions(order: Iterable[str], creates: dict[str, llm.ChatItem]) -> list[Insertion]:
-    """:func:`_insertions_steps` at once."""
-    return _drain(_insertions_steps(order, creates))
-
-
 def _insertions_steps(
     order: Iterable[str], creates: dict[str, llm.ChatItem]
 ) -> Steps[list[Insertion]]:

@@ -260,12 +260,6 @@ class ConversationState:
 
     # ------------------------------------------------------------------------- connection
 
-    def start_replay(self) -> tuple[list[Operation], Batch]:
-        """:meth:`replay_steps` at once: the operations and the batch that tracks them."""
-        batch = Batch()
-        ops = [op for op in self.replay_steps(batch) if op is not None]
-        return ops, batch
-
     def replay_steps(self, batch: Batch) -> Generator[Operation | None, None, None]:
         """A new connection starts with an empty conversation: the operations that re-create
         the view on it, to send before any other event, each tracked in ``batch``.
