@@ -52,6 +52,8 @@ import lk_fork_patch  # noqa: E402
 AUTHOR_NAME = "fork dev"
 AUTHOR_EMAIL = "dev@fork.local"
 MODULE_DATE = "Tue, 1 Dec 2026 17:00:00 +0000"
+# the Forwarded trailer of the module patches, the same as the forwarded edit patches'
+FORWARDED = "Forwarded: not yet (part of the livekit-agents@1.4.6 backport PR)"
 # the module tests: tests/upstream/<name> here, tests/<name> in the monorepo
 UNIT_TESTS = ROOT / "tests" / "upstream"
 UNIT_TEST_PREFIX = "test_openai_realtime_"
@@ -126,7 +128,7 @@ def module_message(rel: PurePosixPath, path: Path, unit_test: Path | None = None
             break_on_hyphens=False,
         )
         body += f"\n\n{tests}"
-    return f"feat(openai): add {short}\n\n{body}\n\nForwarded: not yet\n"
+    return f"feat(openai): add {short}\n\n{body}\n\n{FORWARDED}\n"
 
 
 def _git_env(home: Path) -> dict[str, str]:
