@@ -477,7 +477,7 @@ def test_no_step_of_a_first_sync_reads_more_than_a_step_of_items() -> None:
     def _counted(item_id: str) -> str:
         nonlocal lookups
         lookups += 1
-        return wire_item_id(item_id)
+        return str(wire_item_id(item_id))
 
     ids = itertools.count()
     state = conversation.ConversationState(
