@@ -137,7 +137,8 @@ def precheck_create(ev: JsonDict) -> p.ErrorSpec | None:
     """The checks Azure makes on ``conversation.item.create`` before any schema check.
 
     1. ``item.type`` missing: the error the user saw on Azure (real code, message and param).
-    2. client-chosen ids of more than 32 characters (code inferred).
+    2. client-chosen ids of more than 32 characters (code inferred), or with characters other
+       than ASCII letters, digits, ``_`` and ``-`` (OpenAI's error, livekit/agents#1717).
     """
     item = ev.get("item")
     if item is None:
@@ -149,6 +150,8 @@ def precheck_create(ev: JsonDict) -> p.ErrorSpec | None:
     item_id = item.get("id")
     if isinstance(item_id, str) and len(item_id) > p.MAX_ITEM_ID_LENGTH:
         return p.string_too_long("item.id", len(item_id), p.MAX_ITEM_ID_LENGTH)
+    if isinstance(item_id, str) and not p.ITEM_ID_RE.fullmatch(item_id):
+        return p.pattern_mismatch("item.id", p.ITEM_ID_RE.pattern)
     return None
 
 

@@ -7,6 +7,7 @@ The protocol layers (``preview.py``, ``ga.py``) feed these their own typed model
 from __future__ import annotations
 
 import itertools
+import re
 import uuid
 from typing import Any, NamedTuple
 
@@ -15,6 +16,8 @@ import pydantic
 JsonDict = dict[str, Any]
 
 MAX_ITEM_ID_LENGTH = 32
+# the characters a client-chosen item id may hold (livekit/agents#1717)
+ITEM_ID_RE = re.compile(r"[a-zA-Z0-9_-]+")
 
 DEPLOYMENT_NOT_FOUND = (
     "The API deployment for this resource does not exist. If you created the deployment within "
@@ -95,6 +98,17 @@ def string_too_long(param: str, length: int, max_length: int) -> ErrorSpec:
         "string_above_max_length",
         f"Invalid '{param}': string too long. Expected a string with maximum length "
         f"{max_length}, but got a string with length {length} instead.",
+        param,
+    )
+
+
+def pattern_mismatch(param: str, pattern: str) -> ErrorSpec:
+    # OpenAI's realtime error for an item id like "a/b" (livekit/agents#1717); Azure's is assumed
+    # to be the same
+    return ErrorSpec(
+        "invalid_value",
+        f"Invalid '{param}': string does not match pattern. Expected a string that matches the "
+        f"pattern '^{pattern}$'.",
         param,
     )
 

@@ -4,6 +4,7 @@ Each test pins one rule of the module's docstring."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Generator
 from typing import Any, TypeVar, cast
 
@@ -119,12 +120,13 @@ def test_assistant_audio_is_sent_as_its_transcript_and_url_images_are_dropped() 
     assert [item_id for item_id, _ in skipped] == ["u"]
 
 
-def test_long_and_invalid_item_ids_map_to_a_stable_short_id() -> None:
-    for bad in ("item_" + "x" * 60, "item_\ud800"):
+def test_ids_the_service_refuses_map_to_a_stable_short_id() -> None:
+    for bad in ("item_" + "x" * 60, "item_\ud800", "abc/fnc_0", "a.b", "résumé", "a b", ""):
         wire = chat_sync.wire_item_id(bad)
-        assert len(wire) <= chat_sync.MAX_ITEM_ID_LENGTH and wire == chat_sync.wire_item_id(bad)
-        wire.encode("utf-8")
-    assert chat_sync.wire_item_id("item_short") == "item_short"
+        assert wire != bad and wire == chat_sync.wire_item_id(bad)
+        assert re.fullmatch(r"[a-zA-Z0-9_-]{1,32}", wire)
+    assert chat_sync.wire_item_id("item_short-1") == "item_short-1"
+    assert chat_sync.wire_item_id("x" * 32) == "x" * 32
     assert [item.id for item in _items(_ctx(_msg("x" * 40)))] == [chat_sync.wire_item_id("x" * 40)]
 
 

@@ -12,8 +12,8 @@ The rule:
   instructions) are left out. A message with nothing the protocol carries, an output for an
   unknown function call or an unknown item type is skipped, with one warning per item id; but
   an empty message whose id the service holds (a voice turn transcribed as "") is that item,
-  left as it is. An id longer than the service accepts, or that is not valid text, is mapped
-  to a stable short one.
+  left as it is. An id the service refuses (over 32 characters, or a character other than
+  ASCII letters, digits, ``_`` and ``-``) is mapped to a stable short one.
 - An item the service made itself (user speech, a reply) whose content the client cannot know
   yet (a transcript pending or never coming, a reply not done) is kept: never deleted or
   re-created because the local context lacks it or holds it elsewhere. An item whose content
@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import re
 from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
@@ -70,6 +71,8 @@ __all__ = [
 
 # the service rejects client-chosen item ids longer than this
 MAX_ITEM_ID_LENGTH = 32
+# ... and those with other characters ("string does not match pattern '^[a-zA-Z0-9_-]+$'")
+_WIRE_ID_RE = re.compile(rf"[a-zA-Z0-9_-]{{1,{MAX_ITEM_ID_LENGTH}}}")
 
 Origin = Literal["client", "server"]
 # the ``*_steps`` generators yield after this many items (a few microseconds of work each), so
@@ -123,20 +126,13 @@ class ChatContextSyncError(llm.RealtimeError):
 
 
 def wire_item_id(item_id: str) -> str:
-    """The id the service knows a local item by: ``item_id``, or a stable digest of it when it is
-    too long or is not valid Unicode text (a lone surrogate cannot be sent as JSON text)."""
-    if len(item_id) <= MAX_ITEM_ID_LENGTH and not _has_surrogate(item_id):
+    """The id the service knows a local item by: ``item_id``, or a stable digest of it when the
+    service would reject it (over 32 characters, or a character other than ASCII letters,
+    digits, ``_`` and ``-``: a ``/``, a ``.``, a space, any other Unicode, a lone surrogate)."""
+    if _WIRE_ID_RE.fullmatch(item_id):
         return item_id
     raw = item_id.encode("utf-8", "surrogatepass")
     return "lk_" + hashlib.blake2b(raw, digest_size=14).hexdigest()
-
-
-def _has_surrogate(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
 
 
 def protocol_items(
