@@ -180,3 +180,29 @@ def test_a_new_commit_is_named_by_its_whole_subject(queue: tuple[ModuleType, Pat
     done = tool.export(tree, check=False)
     slug = "docs-openai-add-a-news-file-that-says-what-changed-in-each-release-of-the-fork"
     assert done.added == [f"{len(names) + 1:04d}-{slug}.patch"]
+
+
+def test_an_edit_rewrites_only_its_patch_though_later_ones_touch_the_same_file(
+    queue: tuple[ModuleType, Path, Path],
+) -> None:
+    """A one-line edit (same line count) of a file that later patches edit too rewrites only the
+    patch of the commit edited: the export carries no blob ids that the later patches would
+    change with it."""
+    tool, patches, tree = queue
+    names = tool.lk_fork_patch.read_series(patches)
+    marker = "# not an event (logged): one bad frame does not end the connection"
+    second = next(i for i, n in enumerate(names) if marker in (patches / n).read_text("utf-8"))
+    touched = "livekit/plugins/openai/realtime/realtime_model_beta.py"
+    later = [n for n in names[second + 1 :] if touched in (patches / n).read_text("utf-8")]
+    assert later, "a later patch edits the same file (else the test shows nothing)"
+    commits = _git(tree, "rev-list", "--reverse", "upstream..HEAD").split()
+    _git(tree, "reset", "-q", "--hard", commits[second])
+    path = tree / tool.PLUGIN_DIR / touched
+    text = path.read_text(encoding="utf-8")
+    assert marker in text
+    path.write_text(text.replace(marker, marker + " (edited)", 1), encoding="utf-8")
+    _git(tree, "commit", "-q", "--amend", "-a", "--no-edit")
+    for commit in commits[second + 1 :]:
+        _git(tree, "cherry-pick", commit)
+    done = tool.export(tree, check=True)
+    assert (done.changed, done.added, done.renamed, done.removed) == ([names[second]], [], [], [])

@@ -12,8 +12,9 @@ that the committed series is what an export of it produces).
 
 The sdist has no monorepo ``makefile``, which a test patch may touch: the tree gets one made of
 that hunk's own context lines (at their line numbers, the lines before them blank), enough for
-``git am`` and ``git format-patch`` to reproduce the hunk, and the export puts the committed
-``index`` line of ``makefile`` back (the blob ids of upstream's real file).
+``git am`` and ``git format-patch`` to reproduce the hunk. The export leaves out the ``index``
+lines (blob ids): ``git am`` does not need them, and a change to one patch would otherwise
+rewrite the ids of every later patch that touches the same file.
 
 Usage:
     python3 tools/patch_queue.py tree --sdist SDIST [--dir DIR] [--force]
@@ -58,6 +59,7 @@ _MAKEFILE = "makefile"
 _SECTION_RE = re.compile(r"^diff --git a/(\S+) b/\S+$", re.MULTILINE)
 _HUNK_RE = re.compile(r"^@@ -(\d+)(?:,\d+)? \+\d+(?:,\d+)? @@ ?(.*)$")
 _NUMBER_RE = re.compile(r"^\d{4}-")
+_INDEX_RE = re.compile(r"^index [0-9a-f]+\.\.[0-9a-f]+(?: [0-7]+)?\n", re.MULTILINE)
 _SUBJECT_PREFIX_RE = re.compile(r"^Subject: (\[PATCH[^\]]*\] )?")
 
 
@@ -149,6 +151,9 @@ def make_tree(sdist: Path, work: Path, *, force: bool = False) -> int:
         if section is not None and not (work / _MAKEFILE).exists():
             (work / _MAKEFILE).write_text(makefile_preimage(section), encoding="utf-8")
     _git(work, "init", "-q")
+    # the recipe's own commits (`git commit --fixup`) need an identity, global or not
+    _git(work, "config", "user.name", "patch queue")
+    _git(work, "config", "user.email", "queue@localhost")
     _git(work, "add", "-A")
     _git(work, "commit", "-q", "-m", "livekit-plugins-openai (upstream sdist)")
     _git(work, "tag", BASE_TAG)
@@ -161,19 +166,9 @@ def _slug(exported_name: str) -> str:
     return _NUMBER_RE.sub("", exported_name)
 
 
-def _with_committed_makefile_index(new: str, committed: str | None) -> str:
-    """``new`` with the ``makefile`` section's ``index`` line taken from ``committed``."""
-    if committed is None:
-        return new
-    old_section = sections(committed).get(_MAKEFILE)
-    new_section = sections(new).get(_MAKEFILE)
-    if old_section is None or new_section is None:
-        return new
-    old_index = next((ln for ln in old_section.splitlines() if ln.startswith("index ")), None)
-    new_index = next((ln for ln in new_section.splitlines() if ln.startswith("index ")), None)
-    if old_index is None or new_index is None:
-        return new
-    return new.replace(new_section, new_section.replace(new_index, old_index, 1), 1)
+def _without_index_lines(patch: str) -> str:
+    """``patch`` without its ``index <blob>..<blob>`` lines."""
+    return _INDEX_RE.sub("", patch)
 
 
 def _subject(patch: str) -> str:
@@ -232,8 +227,6 @@ def export(work: Path, *, check: bool) -> Export:
     by_subject: dict[str, str] = {}
     for name in names:
         by_subject.setdefault(_subject(committed[name]), name)
-    # the committed `index` line of makefile: the patch's own, else the first patch's with one
-    makefile_source = next((t for t in committed.values() if _MAKEFILE in sections(t)), None)
     plan: list[tuple[str, str, str | None]] = []  # (name, text, the committed patch it was)
     with tempfile.TemporaryDirectory() as tmp:
         _git(work, *FORMAT_PATCH, "-o", tmp, f"{BASE_TAG}..HEAD")
@@ -249,9 +242,7 @@ def export(work: Path, *, check: bool) -> Export:
             name = f"{index + 1:04d}-{_slug(old if old is not None else path.name)}"
             if any(name == n for n, _, _ in plan):
                 raise QueueError(f"two commits of the tree export as {name}: reword one")
-            own = committed[old] if old is not None else None
-            source = own if own is not None and _MAKEFILE in sections(own) else makefile_source
-            plan.append((name, _with_committed_makefile_index(text, source), old))
+            plan.append((name, _without_index_lines(text), old))
     changed: list[str] = []
     added: list[str] = []
     renamed: dict[str, str] = {}

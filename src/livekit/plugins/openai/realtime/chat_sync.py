@@ -175,8 +175,8 @@ def protocol_items_steps(
             own calls, instead of those :func:`_call_ids_steps` finds in ``remote``.
 
     Returns:
-        The items, under their wire ids, and the skipped ones as ``(item id, why)`` (once per
-        id, ever).
+        The items, under their wire ids, and the skipped ones as ``(item id, why)``: those
+        not in ``warned`` yet, which gets their ids (the caller may clear it to bound it).
 
     Raises:
         ChatContextSyncError: Two items map to the same id; nothing is to be sent.
