@@ -5,9 +5,9 @@ their connection through :func:`open_websocket`: it takes the credentials
 (:class:`Credentials`: an API key, a static Entra token, or a token provider called for every
 websocket) and turns a failed handshake into one error a user can act on
 (:class:`RealtimeHandshakeError` for a refusal, an ``APIConnectionError`` for an unreachable
-host), retryable or not. ``with_azure`` checks its arguments with :func:`resolve_credentials`,
-:func:`azure_base_url` and :func:`azure_protocol`. Everything but :func:`open_websocket` and
-:meth:`Credentials.token` is pure.
+host), retryable or not. ``with_azure`` checks its arguments with :func:`resolve_credentials`
+and :func:`azure_base_url`. Everything but :func:`open_websocket` and :meth:`Credentials.token`
+is pure.
 """
 
 from __future__ import annotations
@@ -37,11 +37,9 @@ from ..log import logger
 __all__ = [
     "AzureADTokenProvider",
     "Credentials",
-    "ProtocolChoice",
     "RealtimeHandshakeError",
     "RetryDecision",
     "azure_base_url",
-    "azure_protocol",
     "check_credentials",
     "cleartext_warning",
     "connect",
@@ -451,56 +449,6 @@ def warn_once(message: str | None) -> None:
     if message and message not in _warned:
         _warned.add(message)
         logger.warning(message)
-
-
-@dataclass(frozen=True)
-class ProtocolChoice:
-    """Which Azure realtime protocol ``with_azure`` uses, and why.
-
-    Attributes:
-        api_version: The preview protocol's api-version; ``None``: the GA protocol.
-        why: The reason, for errors (``"... because ..."``).
-        from_env: Whether ``OPENAI_API_VERSION`` chose it (no ``api_version`` argument).
-    """
-
-    api_version: str | None
-    why: str
-    from_env: bool
-
-    @property
-    def warning(self) -> str | None:
-        """What to warn about once: the environment selected the deprecated preview protocol."""
-        if not self.from_env:
-            return None
-        return (
-            f"with_azure(): OPENAI_API_VERSION={self.api_version} in the environment selected "
-            "Azure's deprecated preview realtime protocol (RealtimeModelBeta); for the GA "
-            "protocol (/openai/v1/realtime) unset OPENAI_API_VERSION and pass no api_version"
-        )
-
-
-def azure_protocol(api_version: str | None, env: Mapping[str, str]) -> ProtocolChoice:
-    """The protocol of a ``with_azure`` call: ``api_version``, else ``OPENAI_API_VERSION``."""
-    if api_version:
-        return ProtocolChoice(
-            api_version,
-            f"the preview (beta) realtime protocol, because api_version `{api_version}` was given",
-            from_env=False,
-        )
-    from_env = env.get("OPENAI_API_VERSION")
-    if from_env:
-        return ProtocolChoice(
-            from_env,
-            "the preview (beta) realtime protocol, because the OPENAI_API_VERSION environment "
-            f"variable is `{from_env}` (no api_version argument; unset it for the GA protocol)",
-            from_env=True,
-        )
-    return ProtocolChoice(
-        None,
-        "the GA realtime protocol, because no api_version was given (neither the argument "
-        "nor OPENAI_API_VERSION)",
-        from_env=False,
-    )
 
 
 # -------------------------------------------------------------------------------- handshake
