@@ -285,12 +285,13 @@ class ChatSyncIO:
                 except ChatContextSyncError:
                     return
                 connection = self.state.connection
+                # taken before the build, whose steps a transcript may land between
+                since = self.remote.revision
                 slicer = LoopSlicer()
                 steps = self.state.text_truncation_steps(message_id, text)
                 local = await drain_sliced(steps, slicer)
                 if local is None:
                     return
-                since = self.remote.revision
                 plan = await drain_sliced(self.state.plan_steps(local, since=since), slicer)
                 batch = await self._queue_plan(plan, slicer, connection)
                 self._close_sync(ticket)
