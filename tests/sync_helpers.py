@@ -76,6 +76,17 @@ async def beta_session(
         await model.aclose()
 
 
+def azure_protocol_choice() -> Any:
+    """``with_azure``'s protocol choice (``realtime_model._azure_protocol``); skips the test on a
+    build without the GA route of ``with_azure()``."""
+    from livekit.plugins.openai.realtime import realtime_model
+
+    choice = getattr(realtime_model, "_azure_protocol", None)
+    if choice is None:
+        pytest.skip("this build has no GA route for with_azure()")
+    return choice
+
+
 def audio_session_kwargs(
     server: FakeAzureRealtimeServer, *, transcription: bool = True
 ) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from fake_azure import FakeAzureRealtimeServer, make_model
-from sync_helpers import FORK_BEFORE, LANDED, STATE_MACHINE
+from sync_helpers import FORK_BEFORE, LANDED, STATE_MACHINE, azure_protocol_choice
 
 from livekit.agents import AgentSession, APIConnectOptions, llm
 
@@ -365,11 +365,7 @@ def test_openai_api_version_in_the_environment_is_named_and_warned_about(
 
 
 def test_the_warning_about_the_environment_says_how_to_get_ga() -> None:
-    from livekit.plugins.openai.realtime import realtime_model
-
-    _azure_protocol = getattr(realtime_model, "_azure_protocol", None)
-    if _azure_protocol is None:
-        pytest.skip("this build has no GA route for with_azure()")
+    _azure_protocol = azure_protocol_choice()
     choice = _azure_protocol(None, {"OPENAI_API_VERSION": "2024-10-01-preview"})
     assert choice.warning == (
         "with_azure(): OPENAI_API_VERSION=2024-10-01-preview in the environment selected "

@@ -18,6 +18,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from sync_helpers import azure_protocol_choice
 
 connection = pytest.importorskip(
     "livekit.plugins.openai.realtime.connection",
@@ -182,11 +183,7 @@ def test_an_endpoint_that_is_no_url_is_refused() -> None:
 
 
 def test_the_protocol_says_where_its_choice_came_from() -> None:
-    from livekit.plugins.openai.realtime import realtime_model
-
-    _azure_protocol = getattr(realtime_model, "_azure_protocol", None)
-    if _azure_protocol is None:
-        pytest.skip("this build has no GA route for with_azure()")
+    _azure_protocol = azure_protocol_choice()
     arg = _azure_protocol("2024-10-01-preview", {"OPENAI_API_VERSION": "x"})
     assert (arg.api_version, arg.from_env, arg.warning) == ("2024-10-01-preview", False, None)
     assert "api_version `2024-10-01-preview` was given" in arg.why

@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -141,14 +142,22 @@ def test_a_recut_renumbers_keeps_names_by_subject_and_removes_dropped_patches(
     assert (again.changed, again.added, again.renamed, again.removed) == ([], [], [], [])
 
 
-def _reword(tree: Path, position: int, subject: str) -> None:
-    """Give the commit at ``position`` (0-based, after ``upstream``) the subject ``subject``."""
+def _amend(tree: Path, position: int, edit: Callable[[], None], *amend_args: str) -> None:
+    """Amend the commit at ``position`` (0-based, after ``upstream``) in place: check it out,
+    run ``edit``, ``git commit --amend -a *amend_args``, then replay the commits after it."""
     commits = _git(tree, "rev-list", "--reverse", "upstream..HEAD").split()
     _git(tree, "reset", "-q", "--hard", commits[position])
-    body = _git(tree, "log", "-1", "--format=%b")
-    _git(tree, "commit", "-q", "--amend", "-m", subject, "-m", body)
+    edit()
+    _git(tree, "commit", "-q", "--amend", "-a", *amend_args)
     for commit in commits[position + 1 :]:
         _git(tree, "cherry-pick", commit)
+
+
+def _reword(tree: Path, position: int, subject: str) -> None:
+    """Give the commit at ``position`` the subject ``subject``."""
+    commits = _git(tree, "rev-list", "--reverse", "upstream..HEAD").split()
+    body = _git(tree, "log", "-1", "--format=%b", commits[position])
+    _amend(tree, position, lambda: None, "-m", subject, "-m", body)
 
 
 def test_a_reworded_commit_keeps_its_patch_name_and_series_comment(
@@ -195,14 +204,13 @@ def test_an_edit_rewrites_only_its_patch_though_later_ones_touch_the_same_file(
     touched = "livekit/plugins/openai/realtime/realtime_model_beta.py"
     later = [n for n in names[second + 1 :] if touched in (patches / n).read_text("utf-8")]
     assert later, "a later patch edits the same file (else the test shows nothing)"
-    commits = _git(tree, "rev-list", "--reverse", "upstream..HEAD").split()
-    _git(tree, "reset", "-q", "--hard", commits[second])
     path = tree / tool.PLUGIN_DIR / touched
-    text = path.read_text(encoding="utf-8")
-    assert marker in text
-    path.write_text(text.replace(marker, marker + " (edited)", 1), encoding="utf-8")
-    _git(tree, "commit", "-q", "--amend", "-a", "--no-edit")
-    for commit in commits[second + 1 :]:
-        _git(tree, "cherry-pick", commit)
+
+    def _edit() -> None:
+        text = path.read_text(encoding="utf-8")
+        assert marker in text
+        path.write_text(text.replace(marker, marker + " (edited)", 1), encoding="utf-8")
+
+    _amend(tree, second, _edit, "--no-edit")
     done = tool.export(tree, check=True)
     assert (done.changed, done.added, done.renamed, done.removed) == ([names[second]], [], [], [])

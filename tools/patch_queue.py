@@ -6,9 +6,10 @@ commit (tagged ``upstream``), then one commit per patch of ``patches/series`` (`
 commit, ``git rebase -i upstream`` (or re-cut the history from ``upstream``); then ``export``
 writes the commits back as ``patches/`` files numbered 0001..N in commit order: a patch keeps
 its name while its subject stays (or, reworded, while it keeps its position), only the files
-whose bytes changed are rewritten, a new commit becomes a new patch, a patch no commit is left for is removed, and ``patches/series`` is
-rewritten in the tree's order. ``--check`` only reports what would change (CI uses it to show
-that the committed series is what an export of it produces).
+whose bytes changed are rewritten, a new commit becomes a new patch, a patch no commit is left
+for is removed, and ``patches/series`` is rewritten in the tree's order. ``--check`` only
+reports what would change (CI uses it to show that the committed series is what an export of it
+produces).
 
 The sdist has no monorepo ``makefile``, which a test patch may touch: the tree gets one made of
 that hunk's own context lines (at their line numbers, the lines before them blank), enough for
@@ -43,10 +44,9 @@ import lk_fork_backend  # noqa: E402
 import lk_fork_patch  # noqa: E402
 
 BASE_TAG = "upstream"
-# stable bytes: no commit ids, no version trailer, `[PATCH]` subjects, 7-digit blob ids
+# stable bytes: no commit ids, no version trailer, `[PATCH]` subjects (the export drops the
+# `index` lines, so no blob ids either)
 FORMAT_PATCH = (
-    "-c",
-    "core.abbrev=7",
     "format-patch",
     "-q",
     "--zero-commit",
@@ -166,11 +166,6 @@ def _slug(exported_name: str) -> str:
     return _NUMBER_RE.sub("", exported_name)
 
 
-def _without_index_lines(patch: str) -> str:
-    """``patch`` without its ``index <blob>..<blob>`` lines."""
-    return _INDEX_RE.sub("", patch)
-
-
 def _subject(patch: str) -> str:
     """The commit subject of a ``git format-patch`` text (its folded ``Subject:`` header)."""
     lines = patch.splitlines()
@@ -242,7 +237,7 @@ def export(work: Path, *, check: bool) -> Export:
             name = f"{index + 1:04d}-{_slug(old if old is not None else path.name)}"
             if any(name == n for n, _, _ in plan):
                 raise QueueError(f"two commits of the tree export as {name}: reword one")
-            plan.append((name, _without_index_lines(text), old))
+            plan.append((name, _INDEX_RE.sub("", text), old))  # no blob ids
     changed: list[str] = []
     added: list[str] = []
     renamed: dict[str, str] = {}
