@@ -108,8 +108,10 @@ class StateAndService(RuleBasedStateMachine):
             self.state.replay_answered(self.replay)
             self.replay = None
 
-    def sync(self, local: list[llm.ChatItem], *, lose: str | None = None) -> Any:
-        since = self.state.remote.revision
+    def sync(
+        self, local: list[llm.ChatItem], *, lose: str | None = None, since: int | None = None
+    ) -> Any:
+        since = self.state.remote.revision if since is None else since
         ctx = llm.ChatContext(items=local)
         items = _run(self.state.protocol_items_steps(ctx))
         plan = _run(self.state.plan_steps(items, since=since))
@@ -202,11 +204,86 @@ class StateAndService(RuleBasedStateMachine):
         retry = self.sync(local)
         assert retry.done
 
+    @precondition(lambda self: self.replay is None)
+    @rule(data=st.data())
+    def late_answer_during_retry(self, data: st.DataObject) -> None:
+        """A create the service applies late, after its caller gave up; the caller retries with
+        more items, and the late answer reaches the client at any point while the retry's
+        operations are made: the retry succeeds, and when the answer came before the item's own
+        create was made, the service holds the context in order."""
+        local = self.local_copy()
+        slow = llm.ChatMessage(id=f"m{next(self.counter)}", role="user", content=["slow"])
+        local.append(slow)
+        since = self.state.remote.revision
+        items = _run(self.state.protocol_items_steps(llm.ChatContext(items=local)))
+        first = item_events.Batch()
+        ops = list(self.state.operations(_run(self.state.plan_steps(items, since=since)), first))
+        for op in ops:
+            self.state.sent(op.event_id)
+        held = next(op for op in ops if getattr(op, "item", None) is slow)
+        self.in_flight.extend(op for op in ops if op is not held)
+        self.deliver()
+        self.state.events.expire(first, conversation.ChatContextSyncError("timed out"))
+        local.extend(
+            llm.ChatMessage(id=f"m{next(self.counter)}", role="user", content=["more"])
+            for _ in range(data.draw(st.integers(0, 3)))
+        )
+        since = self.state.remote.revision
+        items = _run(self.state.protocol_items_steps(llm.ChatContext(items=local)))
+        retry = item_events.Batch()
+        answer_at = data.draw(st.integers(0, len(local) + 2))
+        # the service applied the late create before the retry's events (it keeps their order)
+        kind, prev = self.service.apply(held)
+        assert kind == "added"
+        plan = _run(self.state.plan_steps(items, since=since))
+        operations = self.state.operations(plan, retry)  # each made as it is taken
+        retry_ops: list[Any] = []
+        answered_first = False
+        while True:
+            if len(retry_ops) == answer_at:
+                answered_first = all(getattr(o, "item", None) is not slow for o in retry_ops)
+                self.state.item_added(slow.id, prev, lambda: slow)
+            op = next(operations, None)
+            if op is None:
+                break
+            retry_ops.append(op)
+            self.state.sent(op.event_id)
+        if answer_at > len(retry_ops):
+            self.state.item_added(slow.id, prev, lambda: slow)
+        self.in_flight.extend(retry_ops)
+        self.deliver()
+        assert retry.done and not retry.errors, retry.errors
+        if answered_first:
+            self.check_local_order(local, self.voice)
+
+    @precondition(lambda self: self.replay is None)
+    @rule()
+    def transcript_mid_sync_then_drop(self) -> None:
+        """A sync begins from a context without a pending voice turn; the turn's transcript
+        arrives, the connection drops and the replay is answered: the sync planned again keeps
+        the turn (its content became known after the sync began)."""
+        local = self.local_copy()
+        item_id = f"v{next(self.counter)}"
+        turn = llm.ChatMessage(id=item_id, role="user", content=[])
+        prev = self.service.ids()[-1] if self.service.items else None
+        self.service.items.append(turn)
+        self.state.item_added(item_id, prev, lambda: turn)
+        since = self.state.remote.revision
+        self.state.transcript(item_id, "said meanwhile", None)
+        self.reconnect(None)
+        self.sync(local, since=since)
+        assert item_id in self.service.ids()
+
     @rule(data=st.data())
     def drop(self, data: st.DataObject) -> None:
         """The connection drops, with part of what was in flight applied; then a new one starts
         and the replay is answered in part, in full, or not before the next drop."""
         self.deliver(data.draw(st.integers(0, len(self.in_flight))))
+        self.reconnect(data)
+
+    def reconnect(self, data: st.DataObject | None) -> None:
+        """A drop with nothing more of what was in flight applied, then a new connection whose
+        replay is answered in part, as ``data`` draws (None: in full)."""
         self.in_flight.clear()
         self.state.connection_lost()
         self.state.connection_closed()
@@ -219,7 +296,7 @@ class StateAndService(RuleBasedStateMachine):
         for op in ops:
             self.state.sent(op.event_id)
         self.in_flight.extend(ops)
-        self.deliver(data.draw(st.integers(0, len(ops))))
+        self.deliver(None if data is None else data.draw(st.integers(0, len(ops))))
 
     @precondition(lambda self: self.replay is not None)
     @rule()

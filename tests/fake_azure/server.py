@@ -445,6 +445,19 @@ class FakeAzureRealtimeServer:
         self._rejections.append(rej)
         return rej
 
+    async def answer_late(self, lost: Rejection) -> None:
+        """Apply and answer now, on the current connection, the event ``lose_next`` held back
+        (``lost`` must have fired): a service that answers long after the request."""
+        assert lost.error is None and lost.client_event is not None, "nothing was held back"
+        conn = self._current()
+        event = lost.client_event
+        handler = self._handlers[event["type"]]
+        try:
+            if spec := await handler(conn, event):
+                await self._send_error(conn, spec, event)
+        finally:
+            self._notify()
+
     def observe(self, callback: Callable[[ReceivedEvent], None]) -> None:
         """Call ``callback`` with every client event as it arrives, before it is applied."""
         self._observers.append(callback)

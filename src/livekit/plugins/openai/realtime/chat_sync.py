@@ -18,7 +18,7 @@ The rule:
   yet (a transcript pending or never coming, a reply not done) is kept: never deleted or
   re-created because the local context lacks it or holds it elsewhere. An item whose content
   became known after the sync began counts as unknown for that sync: the caller's context
-  could not hold it.
+  could not hold it (also once a replay has re-created it as the client's text item).
 - A user voice turn whose transcript is known keeps its place too (its local message is
   appended when the transcript arrives, so its local position says nothing): absent from the
   local context it is deleted; with its text changed it is replaced by a text item at the same
@@ -320,7 +320,8 @@ class RemoteItem:
     origin: Origin
     """``"client"`` when created by ``conversation.item.create``, else ``"server"``"""
     known_at: int | None
-    """the revision at which its content became known, None while it is not"""
+    """the revision at which its content became known, None while it is not; 0 for the
+    client's own items (any caller's context can hold them); a replay keeps it"""
     heard: str | None = None
     """for a truncated reply, the part the user heard"""
     audio: bool = False
@@ -487,7 +488,8 @@ class RemoteConversation:
         """Record an item the service created, after ``previous_item_id`` (None: first).
 
         ``known_at`` keeps the revision at which a known item's content was known (an item
-        re-created by a replay); by default it is known from now on.
+        re-created by a replay); by default the client's own item is known from the start (0)
+        and the service's from now on.
 
         Raises:
             ValueError: The id is there already, or ``previous_item_id`` is not.
@@ -499,7 +501,9 @@ class RemoteConversation:
             prev = self._state.get(previous_item_id)
             if prev is None:
                 raise ValueError(f"previous_item_id `{previous_item_id}` not found")
-        if known and known_at is None:
+        if known and known_at is None and origin == "client":
+            known_at = 0
+        elif known and known_at is None:
             self.revision += 1
             known_at = self.revision
         snapshot = self._current_snapshot()
@@ -749,7 +753,9 @@ def plan_sync_steps(
             continue  # a replay create that got no answer: the service may lack it
         item_id = r.item.id
         j = local_pos.get(item_id)
-        if r.origin == "server" and (r.known_at is None or r.known_at > since):
+        # what the service made (a replay re-creates it as the client's) and the client
+        # learnt after the sync began
+        if r.known_at is None or r.known_at > since:
             plan.kept.append(item_id)
             fixed[item_id] = None
             if j is not None and r.known_at is None and _has_content(local[j]):

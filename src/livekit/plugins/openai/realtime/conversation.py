@@ -205,7 +205,12 @@ class ConversationState:
 
     def operations(self, plan: SyncPlan, batch: Batch) -> Iterator[Operation]:
         """The operations of ``plan``, each tracked in ``batch``: deletes, then each run last
-        item first (each create goes right after the insertion's anchor)."""
+        item first (each create goes right after the insertion's anchor).
+
+        Made as the caller iterates, so that each reflects the state at that moment: an item
+        the service got meanwhile (a late answer to an earlier create) is deleted just before
+        its create.
+        """
         return self._operations(plan, batch, replay=False)
 
     def _operations(self, plan: SyncPlan, batch: Batch, *, replay: bool) -> Iterator[Operation]:
@@ -216,6 +221,12 @@ class ConversationState:
         for insertion in plan.insertions:
             anchor = "root" if insertion.anchor is None else insertion.anchor
             for item in reversed(insertion.items):
+                if not replay and self._taken_meanwhile(item.id):
+                    # a late answer to a create that timed out put it there since the plan was
+                    # made: moved where this sync wants it, not refused as a duplicate id
+                    delete = DeleteItem(self._new_event_id("chat_ctx_delete_"), item.id)
+                    self.events.track(ItemEvent("delete", item.id, delete.event_id, batch=batch))
+                    yield delete
                 create = CreateItem(self._new_event_id("chat_ctx_create_"), item, anchor)
                 origin: Literal["client", "server"] = (
                     "server" if item.id in plan.replaced else "client"
@@ -232,6 +243,11 @@ class ConversationState:
                     )
                 )
                 yield create
+
+    def _taken_meanwhile(self, item_id: str) -> bool:
+        """Whether the service holds an item a plan creates, and no delete of it is pending."""
+        remote = self.remote.get(item_id)
+        return remote is not None and remote.held and not self.events.live("delete", item_id)
 
     def text_truncation_steps(self, message_id: str, text: str) -> Steps[list[llm.ChatItem] | None]:
         """The user heard only ``text`` of the reply ``message_id`` and no audio is cut: the
