@@ -22,8 +22,9 @@ On pristine upstream the module does not exist: the tests are skipped there, and
 
 from __future__ import annotations
 
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -37,6 +38,30 @@ chat_sync = pytest.importorskip(
 
 if TYPE_CHECKING:
     from livekit.plugins.openai.realtime.chat_sync import RemoteConversation, SyncPlan
+
+T = TypeVar("T")
+
+
+def drained(steps: Generator[None, None, T]) -> T:
+    """Run a ``*_steps`` generator of the planner to its end, without pausing."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
+
+def protocol_items(ctx: llm.ChatContext, remote: RemoteConversation, **kwargs: Any) -> Any:
+    return drained(chat_sync.protocol_items_steps(ctx, remote, **kwargs))
+
+
+def plan_sync(remote: RemoteConversation, local: Sequence[llm.ChatItem], *, since: int) -> Any:
+    return drained(chat_sync.plan_sync_steps(remote, local, since=since))
+
+
+def plan_replay(remote: RemoteConversation) -> Any:
+    return drained(chat_sync.plan_replay_steps(remote))
+
 
 Known = Literal["before", "during", "never"]
 Origin = Literal["client", "server"]
@@ -187,7 +212,7 @@ def test_plan_brings_the_service_in_line(scenario: tuple[list[Spec], list[llm.Ch
     by_id = {s.item_id: s for s in specs}
     unknown = {s.item_id for s in specs if s.origin == "server" and s.known in ("during", "never")}
     before = {r.item.id: r.item for r in remote.items()}
-    plan = chat_sync.plan_sync(remote, local, since=since)
+    plan = plan_sync(remote, local, since=since)
     assert set(plan.kept) == unknown
 
     service = ModelService(remote)
@@ -248,7 +273,7 @@ def test_plan_brings_the_service_in_line(scenario: tuple[list[Spec], list[llm.Ch
     # next sync treats them as ordinary items, deleted if the local context lacks them and
     # replaced if it holds another text
     # (and, for the ones that are not voice turns, moved to their local place)
-    again = chat_sync.plan_sync(mirror, local, since=mirror.revision)
+    again = plan_sync(mirror, local, since=mirror.revision)
     late = {s.item_id for s in specs if s.origin == "server" and s.known == "during"}
     # ...and the unknown items the sync took from the local context (known from then on)
     late_movable = {i for i in late | {h.id for h in plan.held} if by_id[i].kind != "message"}
@@ -285,7 +310,7 @@ def test_one_rejection_fails_no_other_create(
 ) -> None:
     specs, local = scenario
     remote, since = _mirror(specs)
-    plan = chat_sync.plan_sync(remote, local, since=since)
+    plan = plan_sync(remote, local, since=since)
     creates = [item.id for insertion in plan.insertions for item in insertion.items]
     if not creates:
         return
@@ -310,7 +335,7 @@ def test_replay_recreates_every_known_item_in_order(
 ) -> None:
     specs, _ = scenario
     remote, _ = _mirror(specs)
-    insertions, lost, empty = chat_sync.plan_replay(remote)
+    insertions, lost, empty = plan_replay(remote)
     service = ModelService(chat_sync.RemoteConversation())
     assert service.apply(chat_sync.SyncPlan(insertions=insertions)) == []
     expected = [
@@ -340,7 +365,7 @@ def test_truncated_reply_keeps_what_was_heard() -> None:
     # the reply's end arrives after the cut: the mirror keeps what the user heard
     remote.complete("a1", _msg("a1", "First part. Second part.", "assistant"))
     assert _text(remote.get("a1").item) == "First part."
-    insertions, lost, empty = chat_sync.plan_replay(remote)
+    insertions, lost, empty = plan_replay(remote)
     assert [_text(i) for insertion in insertions for i in insertion.items] == ["First part."]
     assert not lost and not empty
 
@@ -349,7 +374,7 @@ def test_new_items_land_after_a_pending_user_turn() -> None:
     remote = chat_sync.RemoteConversation()
     remote.add(_msg("k1", "hi", "system"), None, origin="client")
     remote.add(_msg("u1", ""), "k1", origin="server", known=False)  # transcript pending
-    plan = chat_sync.plan_sync(remote, [_msg("k1", "hi", "system"), _msg("n1", "x")], since=0)
+    plan = plan_sync(remote, [_msg("k1", "hi", "system"), _msg("n1", "x")], since=0)
     assert plan.deletes == [] and plan.kept == ["u1"]
     assert [(r.anchor, [i.id for i in r.items]) for r in plan.insertions] == [("u1", ["n1"])]
 
@@ -367,7 +392,7 @@ def test_runs_sharing_an_anchor_are_one_run() -> None:
         _msg("N2", "2"),
         _msg("k2", "b", "system"),
     ]
-    plan = chat_sync.plan_sync(remote, local, since=remote.revision)
+    plan = plan_sync(remote, local, since=remote.revision)
     assert [(r.anchor, [i.id for i in r.items]) for r in plan.insertions] == [("k1", ["N1", "N2"])]
 
 
@@ -375,10 +400,10 @@ def test_skipped_items_are_warned_once() -> None:
     ctx = llm.ChatContext(items=[_msg("e", ""), _msg("ok", "fine")])
     warned: set[str] = set()
     remote = chat_sync.RemoteConversation()
-    items, warnings = chat_sync.protocol_items(ctx, remote, warned=warned)
+    items, warnings = protocol_items(ctx, remote, warned=warned)
     assert [i.id for i in items] == ["ok"] and len(warnings) == 1 and warnings[0][0] == "e"
     assert "`e`" in warnings[0][1]
-    assert chat_sync.protocol_items(ctx, remote, warned=warned)[1] == []
+    assert protocol_items(ctx, remote, warned=warned)[1] == []
 
 
 def test_an_empty_message_the_service_holds_is_left_as_it_is() -> None:
@@ -387,9 +412,9 @@ def test_an_empty_message_the_service_holds_is_left_as_it_is() -> None:
     remote.add(_msg("u1", ""), None, origin="server", known=False)
     remote.complete("u1", _msg("u1", ""))
     ctx = llm.ChatContext(items=[_msg("u1", "")])
-    items, warnings = chat_sync.protocol_items(ctx, remote, warned=set())
+    items, warnings = protocol_items(ctx, remote, warned=set())
     assert [i.id for i in items] == ["u1"] and warnings == []
-    plan = chat_sync.plan_sync(remote, items, since=remote.revision)
+    plan = plan_sync(remote, items, since=remote.revision)
     assert not plan
 
 
@@ -402,7 +427,7 @@ def test_a_move_before_an_audio_reply_recreates_the_moved_item() -> None:
     remote.complete("R", _msg("R", "hello", "assistant"))
     remote.add(_msg("c", "b", "system"), "R", origin="client")
     local = [_msg("k", "a", "system"), _msg("c", "b", "system"), _msg("R", "hello", "assistant")]
-    plan = chat_sync.plan_sync(remote, local, since=remote.revision)
+    plan = plan_sync(remote, local, since=remote.revision)
     assert plan.deletes == ["c"]
     assert [(r.anchor, [i.id for i in r.items]) for r in plan.insertions] == [("k", ["c"])]
     service = ModelService(remote)
@@ -412,7 +437,7 @@ def test_a_move_before_an_audio_reply_recreates_the_moved_item() -> None:
 def test_duplicate_ids_raise_before_anything_is_planned() -> None:
     ctx = llm.ChatContext(items=[_msg("x", "a"), _msg("x", "b")])
     with pytest.raises(chat_sync.ChatContextSyncError, match="more than one item"):
-        chat_sync.protocol_items(ctx, chat_sync.RemoteConversation(), warned=set())
+        protocol_items(ctx, chat_sync.RemoteConversation(), warned=set())
 
 
 def test_many_new_calls_and_outputs_plan_in_one_pass() -> None:
@@ -425,7 +450,7 @@ def test_many_new_calls_and_outputs_plan_in_one_pass() -> None:
         local.append(
             llm.FunctionCallOutput(id=f"o{k}", call_id=f"k{k}", output="1", is_error=False)
         )
-    plan = chat_sync.plan_sync(chat_sync.RemoteConversation(), local, since=0)
+    plan = plan_sync(chat_sync.RemoteConversation(), local, since=0)
     service = ModelService(chat_sync.RemoteConversation())
     assert service.apply(plan) == []
     assert service.ids() == [i.id for i in local]

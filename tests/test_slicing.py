@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
-from test_chat_sync import Spec, _mirror, scenarios
+from test_chat_sync import Spec, _mirror, plan_sync, protocol_items, scenarios
 
 from livekit.agents import llm
 
@@ -165,10 +165,10 @@ def _full_plan(
     remote, before = _mirror(specs)
     ctx = llm.ChatContext(items=list(local))
     try:
-        items, warnings = chat_sync.protocol_items(ctx, remote, warned=set(), images=images)
+        items, warnings = protocol_items(ctx, remote, warned=set(), images=images)
     except chat_sync.ChatContextSyncError as e:
         return "raises", str(e)
-    plan = chat_sync.plan_sync(remote, items, since=before if since is None else since)
+    plan = plan_sync(remote, items, since=before if since is None else since)
     return items, warnings, _comparable(plan)
 
 
@@ -379,8 +379,8 @@ def test_a_view_changed_between_the_steps_of_an_appended_sync_gives_the_full_pla
             expected_state = _settled_state(protocol)
             _change(expected_state, change)
             remote = expected_state.remote
-            items, _ = chat_sync.protocol_items(ctx, remote, warned=set(), images=images)
-            expected = chat_sync.plan_sync(remote, items, since=since)
+            items, _ = protocol_items(ctx, remote, warned=set(), images=images)
+            expected = plan_sync(remote, items, since=since)
             assert _comparable(plan) == _comparable(expected), f"changed at pause {at}"
 
 

@@ -1,13 +1,13 @@
 """What a realtime session must send so that the service's conversation matches a chat context.
 
 This module does no I/O. :class:`RemoteConversation` is the client's view of the service's
-conversation, which ``conversation.ConversationState`` keeps; :func:`plan_sync` turns it and a
-local chat context into a :class:`SyncPlan` of deletes and creates; :func:`plan_replay` gives
+conversation, which ``conversation.ConversationState`` keeps; :func:`plan_sync_steps` turns it and a
+local chat context into a :class:`SyncPlan` of deletes and creates; :func:`plan_replay_steps` gives
 what a new connection must be sent again.
 
 The rule:
 
-- Only items the protocol can carry are sent (:func:`protocol_items`). The framework's
+- Only items the protocol can carry are sent (:func:`protocol_items_steps`). The framework's
   bookkeeping (agent handoffs, config updates) and the agent instructions (sent as session
   instructions) are left out. A message with nothing the protocol carries, an output for an
   unknown function call or an unknown item type is skipped, with one warning per item id; but
@@ -61,10 +61,8 @@ __all__ = [
     "ViewSnapshot",
     "appended_sync_steps",
     "compute_chat_ctx_diff",
-    "plan_replay",
-    "plan_sync",
+    "plan_replay_steps",
     "plan_sync_steps",
-    "protocol_items",
     "protocol_items_steps",
     "wire_item_id",
 ]
@@ -133,20 +131,6 @@ def wire_item_id(item_id: str) -> str:
         return item_id
     raw = item_id.encode("utf-8", "surrogatepass")
     return "lk_" + hashlib.blake2b(raw, digest_size=14).hexdigest()
-
-
-def protocol_items(
-    chat_ctx: llm.ChatContext,
-    remote: RemoteConversation,
-    *,
-    warned: set[str],
-    protocol: str = "realtime",
-    images: bool = False,
-) -> tuple[list[llm.ChatItem], list[tuple[str, str]]]:
-    """:func:`protocol_items_steps` at once."""
-    return _drain(
-        protocol_items_steps(chat_ctx, remote, warned=warned, protocol=protocol, images=images)
-    )
 
 
 def protocol_items_steps(
@@ -717,11 +701,6 @@ class SyncPlan:
         return sum(len(insertion.items) for insertion in self.insertions)
 
 
-def plan_sync(remote: RemoteConversation, local: Sequence[llm.ChatItem], *, since: int) -> SyncPlan:
-    """:func:`plan_sync_steps` at once."""
-    return _drain(plan_sync_steps(remote, local, since=since))
-
-
 def plan_sync_steps(
     remote: RemoteConversation, local: Sequence[llm.ChatItem], *, since: int
 ) -> Steps[SyncPlan]:
@@ -732,7 +711,7 @@ def plan_sync_steps(
 
     Args:
         remote: The mirror.
-        local: Protocol items (see :func:`protocol_items`), unique ids.
+        local: Protocol items (see :func:`protocol_items_steps`), unique ids.
         since: ``remote.revision`` when the sync began; content known later counts as unknown.
     """
     local_pos: dict[str, int] = {}
@@ -890,8 +869,11 @@ def appended_sync_steps(
     return items, warnings, plan
 
 
-def plan_replay(remote: RemoteConversation) -> tuple[list[Insertion], list[str], list[str]]:
-    """What a new connection, which starts with an empty conversation, must be sent again.
+def plan_replay_steps(
+    remote: RemoteConversation,
+) -> Steps[tuple[list[Insertion], list[str], list[str]]]:
+    """What a new connection, which starts with an empty conversation, must be sent again,
+    in steps (see :data:`STEP_ITEMS`).
 
     Returns:
         The insertions that re-create, in order, every item whose content is known (a replayed
@@ -900,13 +882,6 @@ def plan_replay(remote: RemoteConversation) -> tuple[list[Insertion], list[str],
         arrived, a reply not done), and those that hold nothing to send (a voice turn
         transcribed as "", a reply that ended before it said anything).
     """
-    return _drain(plan_replay_steps(remote))
-
-
-def plan_replay_steps(
-    remote: RemoteConversation,
-) -> Steps[tuple[list[Insertion], list[str], list[str]]]:
-    """:func:`plan_replay`, in steps (see :data:`STEP_ITEMS`)."""
     order: list[str] = []
     creates: dict[str, llm.ChatItem] = {}
     lost: list[str] = []
