@@ -100,7 +100,9 @@ async def test_other_tasks_run_between_the_events_the_send_loop_skips(
     """The service stops reading; a sync's SKIPPED creates wait in the queue behind audio the
     send loop cannot write, then a marker event; the connection drops, so the creates fail
     unsent. On the next connection the send loop skips them, and the other task runs between
-    any two of them: at least SKIPPED turns between the last audio sent and the marker."""
+    any two of them: at least SKIPPED turns between the last audio sent and the marker. The
+    forks before 1.4.6.post6 and 1.4.6's preview session give it a few; 1.4.6's GA session, which
+    does not stop at a failed write, writes the whole queue into the dropped socket."""
     _zero_slice_budget(monkeypatch)
     turns = 0  # how often the other task ran
 
@@ -136,10 +138,14 @@ async def test_other_tasks_run_between_the_events_the_send_loop_skips(
 
             other = asyncio.create_task(other_task())
             await fake_azure.drop_connections()
-            await fake_azure.wait_for(
-                lambda: any(r.event.get("event_id") == "marker" for r in fake_azure.received),
-                timeout=20.0,
-            )
+            try:
+                await fake_azure.wait_for(
+                    lambda: any(r.event.get("event_id") == "marker" for r in fake_azure.received),
+                    timeout=10.0,
+                )
+            except asyncio.TimeoutError:
+                # 1.4.6's GA loop, not yielding, writes the whole queue into the closed socket
+                pytest.fail("the events queued for the dropped connection never reached the next")
         finally:
             if other is not None:
                 await cancel_and_wait(other)
