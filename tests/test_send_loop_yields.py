@@ -101,8 +101,9 @@ async def test_other_tasks_run_between_the_events_the_send_loop_skips(
     send loop cannot write, then a marker event; the connection drops, so the creates fail
     unsent. On the next connection the send loop skips them, and the other task runs between
     any two of them: at least SKIPPED turns between the last audio sent and the marker. The
-    forks before 1.4.6.post6 and 1.4.6's preview session give it a few; 1.4.6's GA session, which
-    does not stop at a failed write, writes the whole queue into the dropped socket."""
+    forks before 1.4.6.post6 and 1.4.6's preview session give it none or a few; 1.4.6's GA
+    session, which does not stop at a failed write, writes the whole queue into the dropped
+    socket."""
     _zero_slice_budget(monkeypatch)
     turns = 0  # how often the other task ran
 

@@ -179,7 +179,11 @@ async def test_stop_cancels_a_main_task_that_does_not_end_in_time(
 ) -> None:
     monkeypatch.setattr(chat_sync_io, "ACLOSE_TIMEOUT", 0.01)
     session = _Session()
-    main = asyncio.create_task(asyncio.Event().wait())  # a send loop blocked in a write
+
+    async def main_task() -> None:
+        await asyncio.Event().wait()  # a send loop blocked in a write
+
+    main = asyncio.create_task(main_task())
     session.io.close()
     await asyncio.wait_for(session.io.stop(main), 1)
     assert main.cancelled()
