@@ -207,6 +207,21 @@ async def test_stop_cancels_again_a_main_task_that_waits_on_after_a_cancel(
     assert main.cancelled()
 
 
+async def test_a_cancelled_stop_cancels_the_main_task() -> None:
+    async def main_task() -> None:
+        await asyncio.Event().wait()
+
+    session = _Session()
+    main = asyncio.create_task(main_task())
+    stop = asyncio.create_task(session.io.stop(main))
+    await asyncio.sleep(0)
+    stop.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await stop
+    with pytest.raises(asyncio.CancelledError):
+        await main
+
+
 async def test_stop_raises_the_error_the_main_task_ended_with() -> None:
     async def main_task() -> None:
         raise RuntimeError("boom")

@@ -513,9 +513,13 @@ class ChatSyncIO:
 
 
 async def _wait_task(task: asyncio.Task[None], timeout: float) -> bool:
-    """Wait for ``task`` to end, ``timeout`` seconds at most (a cancel of the caller cancels
-    only the wait); whether it ended."""
-    done, _ = await asyncio.wait({task}, timeout=timeout)
+    """Wait for ``task`` to end, ``timeout`` seconds at most; whether it ended. A cancel of the
+    caller cancels ``task`` too, as awaiting it would."""
+    try:
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
     return bool(done)
 
 
