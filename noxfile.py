@@ -8,9 +8,9 @@ Sessions (``nox -l`` lists them):
   copy, never the source tree.
 * ``tests_upstream(version='1.4.6'|'1.4.3')``: run the suite against pristine upstream and check
   that every ``@pytest.mark.regression(fails_on=...)`` test naming that version fails.
-* ``tests_fork(rev='3c7303c'|'398142d'|'7e98677'|'5e7bc64'|'5c5e2fc'|'ebd793d')``: the same judging on the fork
-  as built from ``patches/`` (and ``src/``) of an earlier commit, labelled with that wheel's
-  version (``1.4.6.post1`` to ``1.4.6.post6``).
+* ``tests_fork(rev='3c7303c'|'398142d'|'7e98677'|'5e7bc64'|'5c5e2fc'|'ebd793d'|'7850ebd')``: the same
+  judging on the fork as built from ``patches/`` (and ``src/``) of an earlier commit, labelled
+  with that wheel's version (``1.4.6.post1`` to ``1.4.6.post7``).
 * ``lint``: ruff and mypy (upstream settings) on the patched plugin sources and on our own code.
 * ``patches``: the series applies exactly with our applier; the exported complete series
   (``series``) applies with ``git am``; both trees and the built wheel's ``livekit/`` are equal.
@@ -70,7 +70,8 @@ UPSTREAM_VERSIONS = ["1.4.6", "1.4.3"]
 # tests name a fork by it): 3c7303c is main before the sync planner series, 398142d the fork as
 # landed before the conversation state machine (issue 14), 7e98677 the fork with it, 5e7bc64 the
 # fork before the series re-cut and the last perf work, 5c5e2fc the fork before the appended sync
-# read its new items in steps, ebd793d the fork before the replay kept what a sync may not know
+# read its new items in steps, ebd793d the fork before the replay kept what a sync may not know,
+# 7850ebd the fork before aclose() was bounded
 FORK_REVS = {
     "3c7303c": "1.4.6.post1",
     "398142d": "1.4.6.post2",
@@ -78,6 +79,7 @@ FORK_REVS = {
     "5e7bc64": "1.4.6.post4",
     "5c5e2fc": "1.4.6.post5",
     "ebd793d": "1.4.6.post6",
+    "7850ebd": "1.4.6.post7",
 }
 # forks whose GA runs are judged as an upstream version: 1.4.6.post1 left the GA session as 1.4.6's
 GA_JUDGED_AS = {"1.4.6.post1": "1.4.6"}

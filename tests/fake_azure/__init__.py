@@ -16,7 +16,7 @@ Fixture API (stable; ``tests/conftest.py``):
   ``server.protocol``, ``server.wire`` (the layer), ``server.endpoint``, ``server.ws_url(...)``
   (preview: ``api_version=``, ``deployment=``; GA: ``model=``), ``server.conversation`` (items
   in the protocol's server shape), ``server.script(...)``, ``user_audio_turn(...)``,
-  ``reject_next(...)``, ``drop_connections()``, ``wait_*``.
+  ``reject_next(...)``, ``drop_connections()``, ``stop_reading()``, ``wait_*``.
 - ``make_model(server, **kw)``: ``RealtimeModel.with_azure(...)`` for the server's protocol
   (``api_version`` only for preview; for GA a fallback while the plugin lacks the GA route).
 - ``session_options(protocol, ...)``: the model options (transcription, turn detection, noise

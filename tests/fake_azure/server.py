@@ -157,6 +157,8 @@ class _Connection:
         self.tasks: set[asyncio.Task[Any]] = set()
         self.closed = False
         self.finished = asyncio.Event()
+        # False once the server stops reading the socket (``stop_reading``)
+        self.reading = True
 
 
 class FakeAzureRealtimeServer:
@@ -265,6 +267,8 @@ class FakeAzureRealtimeServer:
     async def aclose(self) -> None:
         """Close every live connection (close code 1001) and stop the server."""
         for conn in list(self._live):
+            if not conn.reading:
+                self._abort(conn)  # no close handshake on a socket nobody reads
             conn.closed = True
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(conn.ws.close(code=WSCloseCode.GOING_AWAY), 1.0)
@@ -480,6 +484,18 @@ class FakeAzureRealtimeServer:
         ``match(connection_index, event)`` accepts, before applying it: a network drop in the
         middle of a burst of events, at a point a test chooses. One shot."""
         self._drop_when = match
+
+    def stop_reading(self) -> None:
+        """Stop reading the live connections' sockets: a service that no longer reads (a stalled
+        peer). What the client sends stays in the TCP buffers, and once they are full its writes
+        block; nothing that had not reached the server yet is received or answered. ``drop_connections`` and ``aclose``
+        end such a connection by aborting it."""
+        for conn in self._live:
+            conn.reading = False
+            transport = conn.request.transport
+            if transport is not None:
+                # the transport itself, not aiohttp's flow control, which resumes once read
+                transport.pause_reading()
 
     def _abort(self, conn: _Connection) -> None:
         conn.closed = True

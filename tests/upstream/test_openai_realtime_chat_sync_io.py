@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from livekit.agents import llm
+from livekit.plugins.openai.realtime import chat_sync_io
 from livekit.plugins.openai.realtime.chat_sync import ChatContextSyncError
 from livekit.plugins.openai.realtime.chat_sync_io import (
     ChatSyncIO,
@@ -171,6 +172,64 @@ async def test_a_replay_stops_when_the_session_closes() -> None:
 
     await session.io.replay(send)
     assert sent == []
+
+
+async def test_stop_cancels_a_main_task_that_does_not_end_in_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(chat_sync_io, "ACLOSE_TIMEOUT", 0.01)
+    session = _Session()
+
+    async def main_task() -> None:
+        await asyncio.Event().wait()  # a send loop blocked in a write
+
+    main = asyncio.create_task(main_task())
+    session.io.close()
+    await asyncio.wait_for(session.io.stop(main), 1)
+    assert main.cancelled()
+
+
+async def test_stop_cancels_again_a_main_task_that_waits_on_after_a_cancel(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(chat_sync_io, "ACLOSE_TIMEOUT", 0.01)
+
+    async def main_task() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            pass
+        await asyncio.Event().wait()  # its cleanup waits too (a close handshake)
+
+    session = _Session()
+    main = asyncio.create_task(main_task())
+    await asyncio.wait_for(session.io.stop(main), 1)
+    assert main.cancelled()
+
+
+async def test_a_cancelled_stop_cancels_the_main_task() -> None:
+    async def main_task() -> None:
+        await asyncio.Event().wait()
+
+    session = _Session()
+    main = asyncio.create_task(main_task())
+    stop = asyncio.create_task(session.io.stop(main))
+    await asyncio.sleep(0)
+    stop.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await stop
+    with pytest.raises(asyncio.CancelledError):
+        await main
+
+
+async def test_stop_raises_the_error_the_main_task_ended_with() -> None:
+    async def main_task() -> None:
+        raise RuntimeError("boom")
+
+    session = _Session()
+    main = asyncio.create_task(main_task())
+    with pytest.raises(RuntimeError, match="boom"):
+        await session.io.stop(main)
 
 
 def test_an_operation_is_written_as_the_protocols_event() -> None:

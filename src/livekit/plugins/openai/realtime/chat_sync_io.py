@@ -4,9 +4,10 @@
 :class:`ChatSyncIO` runs it on a session: it serialises the syncs, waits for the connection
 (and, after a reconnect, for the replay), queues the operations as the session's protocol
 events, waits for their answers with the 5 s timeout, keeps later client requests
-(``response.create``, ``session.update``) behind the syncs asked for before them, and logs the
-state's outcomes. It opens no socket: the session gives it how to queue an event and how to
-write an operation in its protocol, and tells it what the service said.
+(``response.create``, ``session.update``) behind the syncs asked for before them, logs the
+state's outcomes, and on close ends the session's main task within a bound. It opens no socket:
+the session gives it how to queue an event and how to write an operation in its protocol, and
+tells it what the service said.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from .item_events import Batch, PendingItemEvents
 from .loop_slicer import LoopSlicer, drain_sliced
 
 __all__ = [
+    "ACLOSE_TIMEOUT",
     "CHAT_CTX_SYNC_TIMEOUT",
     "ChatSyncIO",
     "ReplyRequests",
@@ -44,6 +46,12 @@ _SYNC_ATTEMPTS = 3
 # generate_reply gives up when the service has not created the response this long after the
 # request went out (upstream's timeout, counted from when it leaves the queue of held requests)
 GENERATE_REPLY_TIMEOUT = 5.0
+# aclose() gives the session's main task this long to end by itself (the send loop sends what is
+# queued, then closes the socket), then cancels it, and waits as long again after each cancel: a
+# service that stopped reading the socket would block the send loop's writes forever
+ACLOSE_TIMEOUT = 3.0
+# cancels aclose() tries before it leaves a main task that keeps ignoring them (logged)
+_ACLOSE_CANCELS = 3
 
 
 class ChatSyncIO:
@@ -425,6 +433,28 @@ class ChatSyncIO:
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
 
+    async def stop(self, main_task: asyncio.Task[None]) -> None:
+        """After :meth:`close`: wait for the session's main task, ``ACLOSE_TIMEOUT`` at most,
+        then cancel it (its connection closes, what waited for it fails).
+
+        Raises:
+            Exception: The main task's own error, when it ended by itself with one.
+        """
+        if not await _wait_task(main_task, ACLOSE_TIMEOUT):
+            logger.warning(
+                f"the realtime session did not close within {ACLOSE_TIMEOUT:g}s (the service "
+                f"stopped reading the connection?): cancelling it"
+            )
+            for _ in range(_ACLOSE_CANCELS):
+                main_task.cancel()
+                if await _wait_task(main_task, ACLOSE_TIMEOUT):
+                    break
+            else:
+                logger.error("the realtime session's connection task ignores its cancellation")
+                return
+        if not main_task.cancelled():
+            main_task.result()  # its error, as awaiting it would raise
+
     async def aclose(self) -> None:
         # every caller gets its failure before the session is closed
         with contextlib.suppress(asyncio.CancelledError):
@@ -480,6 +510,17 @@ class ChatSyncIO:
 
     def function_call_done(self, call: llm.FunctionCall) -> None:
         self.state.function_call_done(call)
+
+
+async def _wait_task(task: asyncio.Task[None], timeout: float) -> bool:
+    """Wait for ``task`` to end, ``timeout`` seconds at most; whether it ended. A cancel of the
+    caller cancels ``task`` too, as awaiting it would."""
+    try:
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    return bool(done)
 
 
 class ReplyRequests:

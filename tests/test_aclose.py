@@ -1,0 +1,93 @@
+"""aclose() when the service stops reading the socket, on both protocols.
+
+The fake accepts the connection, then stops reading it: the session's writes fill the TCP
+buffers and block. ``aclose()`` must return within a bound anyway, and a sync and a reply still
+waiting for the service must fail with an error rather than wait with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+from typing import Any
+
+import pytest
+from fake_azure import FakeAzureRealtimeServer, make_model
+from sync_helpers import cancel_and_wait
+
+from livekit.agents import llm
+
+# 1 MiB of silence per event; far more events than a loopback connection's buffers hold
+AUDIO = base64.b64encode(bytes(3 << 18)).decode()
+EVENTS = 64
+# aclose()'s wait for the main task, shortened (the fork's ACLOSE_TIMEOUT)
+ACLOSE_WAIT_S = 0.2
+# what "returns" means: a few times the shortened wait; a hang fails here instead of sticking
+ACLOSE_BOUND_S = 3.0
+
+
+def _shorten_aclose_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    try:
+        from livekit.plugins.openai.realtime import chat_sync_io
+    except ImportError:  # pristine upstream: no such module, and no bound to shorten
+        return
+    monkeypatch.setattr(chat_sync_io, "ACLOSE_TIMEOUT", ACLOSE_WAIT_S, raising=False)
+
+
+async def _until_blocked(queued: list[Any], timeout: float = 10.0) -> None:
+    """Wait until the session's send loop stops taking events off its queue."""
+
+    async def _poll() -> None:
+        seen = -1
+        while seen != len(queued):
+            seen = len(queued)
+            await asyncio.sleep(0.3)
+
+    await asyncio.wait_for(_poll(), timeout)
+
+
+@pytest.mark.regression(fails_on=("1.4.6", "1.4.6.post7"))
+async def test_aclose_returns_and_fails_pending_calls_when_the_service_stops_reading(
+    fake_azure: FakeAzureRealtimeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The service stops reading; the session queues far more audio than the buffers hold, then
+    a sync and a reply behind it. aclose() returns within the bound (1.4.6 and 1.4.6.post7 wait
+    for the blocked send loop forever), the sync fails with an error, and so does the reply."""
+    _shorten_aclose_wait(monkeypatch)
+    model = make_model(fake_azure)
+    sess = model.session()
+    queued: list[Any] = []
+    sess.on("openai_client_event_queued", queued.append)
+    sync: asyncio.Task[None] | None = None
+    reply: asyncio.Future[llm.GenerationCreatedEvent] | None = None
+    try:
+        await fake_azure.wait_received("session.update")
+        fake_azure.stop_reading()
+        for _ in range(EVENTS):
+            sess.send_event({"type": "input_audio_buffer.append", "audio": AUDIO})
+        await _until_blocked(queued)
+        assert len(queued) < EVENTS  # the send loop is blocked in a write
+
+        ctx = sess.chat_ctx.copy()
+        ctx.add_message(role="user", content="are you there?", id="msg_there")
+        sync = asyncio.create_task(sess.update_chat_ctx(ctx))
+        reply = sess.generate_reply()
+        await asyncio.sleep(0.1)
+        assert not sync.done() and not reply.done()  # both wait behind the audio
+
+        await asyncio.wait_for(sess.aclose(), ACLOSE_BOUND_S)
+        with pytest.raises(llm.RealtimeError):
+            await asyncio.wait_for(sync, 1.0)
+        with pytest.raises(llm.RealtimeError):
+            await asyncio.wait_for(reply, 1.0)
+    finally:
+        # the service goes away: whatever a hung close left waiting on the connection ends
+        await fake_azure.drop_connections()
+        if sync is not None:
+            await cancel_and_wait(sync)
+        if reply is not None and not reply.done():
+            reply.cancel()
+        with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError):
+            await asyncio.wait_for(sess.aclose(), 5.0)
+        await model.aclose()
