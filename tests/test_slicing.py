@@ -502,3 +502,41 @@ def test_no_step_of_a_first_sync_reads_more_than_a_step_of_items() -> None:
     assert sum(per_step) >= len(items)  # the counter sees the lookups
     assert max(per_step) <= chat_sync.STEP_ITEMS
     assert [i.id for ins in plan.insertions for i in ins.items] == [i.id for i in items]
+
+
+# --------------------------------------------------------- cancellations nothing will consume
+
+
+@pytest.mark.regression(fails_on=("1.4.6.post6",))
+@pytest.mark.parametrize("cut", ["send fails", "session closes"])
+def test_a_replay_cut_short_leaves_no_cancellation_behind(cut: str) -> None:
+    """A replay whose send fails (or whose session closes) mid-way: the operation it had made
+    and not sent is cancelled and nothing asks about it again, so the books keep nothing of it
+    (they used to keep its id forever)."""
+
+    async def _run() -> Any:
+        io = _runner("preview", [])
+        io.state = _settled_state("preview")
+        closing = False
+        io._closed = lambda: closing
+        sent: list[Any] = []
+
+        async def _send(event: Any) -> None:
+            nonlocal closing
+            if len(sent) == 3:
+                if cut == "send fails":
+                    raise ConnectionError("gone")
+                closing = True
+            sent.append(event)
+
+        io.connection_lost()
+        with contextlib.suppress(ConnectionError):
+            await io.replay(_send)
+        books = io.events
+        result = (len(sent), len(books), sorted(books._cancelled), dict(books._detached))
+        await io.aclose()
+        return result
+
+    count, pending, cancelled, detached = asyncio.run(_run())
+    assert count in (3, 4) and cancelled == [] and detached == {}
+    assert pending == 0  # the replay failed as a whole: the next connection replays again

@@ -232,6 +232,8 @@ class ChatSyncIO:
                     ),
                     batch=batch,
                 )
+                # tracked, never queued: nothing will ask whether it may go out
+                self.state.cancelled(op.event_id)
                 break
             self._queue_event(self._wire_event(op))
             await slicer.tick()
@@ -338,15 +340,18 @@ class ChatSyncIO:
         slicer = LoopSlicer()
         steps = self.state.replay_steps(replay)
         sent_all = False
+        unsent: str | None = None  # an operation tracked and not sent (yet)
         try:
             # the session's own handshake events went out in this callback: the replay starts
             # in a slice of its own (nothing else is sent on the new connection meanwhile)
             await asyncio.sleep(0)
             for op in steps:
+                unsent = op.event_id if op is not None else None
                 if self._closed():
                     break  # the session closes: the rest of the replay would go nowhere
                 if op is not None:
                     await send(self._wire_event(op))
+                    unsent = None
                     self.state.sent(op.event_id)
                 await slicer.tick()
             else:
@@ -355,6 +360,9 @@ class ChatSyncIO:
             if not sent_all:
                 steps.close()
                 self.state.replay_not_sent(replay)
+                if unsent is not None:
+                    # never sent, and nothing will ask whether it may go out
+                    self.state.cancelled(unsent)
             self._log_outcomes()
         if sent_all:
             self._spawn(self._await_replay(replay, self.state.connection))

@@ -436,7 +436,7 @@ class ConversationState:
             return True  # the service held the item already: the sync got what it asked for
         if not event_id or (item_ev := self.events.get(event_id)) is None:
             return None
-        awaited = item_ev.batch is not None
+        awaited = item_ev.awaited
         remote = self.remote.get(item_ev.item_id)
         # a refused delete of an item the service lacks, or a refused replay create
         drop = (item_ev.kind == "delete" and code == "item_delete_invalid_item_id") or (

@@ -28,14 +28,24 @@ Kind = Literal["create", "delete"]
 
 @dataclass
 class Batch:
-    """The events of one sync, done when the service has answered all of them."""
+    """The events of one sync, done when the service has answered all of them.
+
+    It holds no collection of its events: failing or expiring it is O(1) (see
+    :meth:`PendingItemEvents.fail` and :meth:`PendingItemEvents.expire`), and tracking an event
+    never grows a second big dict.
+    """
 
     remaining: int = 0
     size: int = 0
     errors: list[ChatContextSyncError] = field(default_factory=list)
-    events: dict[str, ItemEvent] = field(default_factory=dict)
-    """its events not settled yet, by event id (a failure of the batch walks these only; a
-    settled one leaves at once, so that thousands are not freed in one go with the batch)"""
+    booked: dict[int, int] = field(default_factory=dict)
+    """how many of its events not settled yet were tracked in each generation of the books (a
+    generation ends when :meth:`PendingItemEvents.fail_steps` takes every pending event out)"""
+    expired_gen: int | None = None
+    """the generation whose events of it expired at once (its caller stopped waiting)"""
+    failed_gen: int | None = None
+    """the generation whose events of it failed at once: they are out of the books, though
+    still stored until a look-up meets them"""
     on_settle: Callable[[], None] | None = None
     """called whenever one of its events is settled (the waiter's clock and wake-up)"""
 
@@ -79,8 +89,28 @@ class ItemEvent:
     replay: bool = False
     """a create that re-creates an item of the view on a new connection"""
     sent: bool = False
-    expired: bool = False
-    """its caller stopped waiting: it may only take an answer no live event is waiting for"""
+    gen: int = field(default=0, repr=False)
+    """the generation of the books it was tracked in"""
+    gave_up: bool = field(default=False, repr=False)
+    """set once its expired batch let it go (see :attr:`expired`)"""
+    owed: list[str] = field(default_factory=list, repr=False)
+    """the live events settled by a confirmation it may have been owed (``_ambiguous``)"""
+
+    @property
+    def expired(self) -> bool:
+        """Its caller stopped waiting: it may only take an answer no live event is waiting for."""
+        return self.gave_up or (self.batch is not None and self.batch.expired_gen == self.gen)
+
+    @property
+    def awaited(self) -> bool:
+        """Whether a caller still waits for its answer."""
+        batch = self.batch
+        return batch is not None and self.gen not in (batch.expired_gen, batch.failed_gen)
+
+    @property
+    def dead(self) -> bool:
+        """Failed with its whole batch: no longer pending, though maybe still stored."""
+        return self.batch is not None and self.batch.failed_gen == self.gen
 
 
 class PendingItemEvents:
@@ -96,28 +126,34 @@ class PendingItemEvents:
         self._closed: ChatContextSyncError | None = None
         # live events settled by a confirmation an older expired event may have been owed
         self._ambiguous: dict[str, ItemEvent] = {}
+        self._gen = 0  # bumped each time ``fail_steps`` takes every pending event out
+        self._dead = 0  # events of failed batches still stored in ``_by_event``
 
     def __len__(self) -> int:
-        return len(self._by_event)
+        return len(self._by_event) - self._dead
 
     def get(self, event_id: str) -> ItemEvent | None:
-        return self._by_event.get(event_id)
+        ev = self._by_event.get(event_id)
+        if ev is not None and ev.dead:
+            self._purge(ev)
+            return None
+        return ev
 
     def live(self, kind: Kind, item_id: str) -> bool:
         """Whether an event of ``kind`` for ``item_id`` that a caller waits for is pending."""
-        return any(not ev.expired for ev in self._by_item.get((kind, item_id), ()))
+        return any(not ev.expired for ev in self._queue(kind, item_id))
 
     def track(self, ev: ItemEvent) -> ItemEvent:
         """Track an event about to be sent; once closed, it fails at once."""
-        if ev.batch is not None:
-            ev.batch.remaining += 1
-            ev.batch.size += 1
+        ev.gen = self._gen
+        if (batch := ev.batch) is not None:
+            batch.remaining += 1
+            batch.size += 1
+            batch.booked[ev.gen] = batch.booked.get(ev.gen, 0) + 1
         if self._closed is not None:
             self._cancelled.add(ev.event_id)
             self._leave_batch(ev, self._closed)
             return ev
-        if ev.batch is not None:
-            ev.batch.events[ev.event_id] = ev
         self._by_event[ev.event_id] = ev
         self._by_item.setdefault((ev.kind, ev.item_id), deque()).append(ev)
         return ev
@@ -125,7 +161,7 @@ class PendingItemEvents:
     def confirmed(self, kind: Kind, item_id: str) -> ItemEvent | None:
         """The service did it: settle the oldest live event of ``kind`` for ``item_id`` (or, with
         none live, the oldest expired one)."""
-        queue = self._by_item.get((kind, item_id))
+        queue = self._queue(kind, item_id)
         if not queue:
             return None
         ev = next((e for e in queue if not e.expired), queue[0])
@@ -133,6 +169,7 @@ class PendingItemEvents:
             # an older, expired event may be the one answered: should the service refuse ``ev``
             # later, that refusal means it held the item already (see ``taken_over``)
             self._ambiguous[ev.event_id] = queue[0]
+            queue[0].owed.append(ev.event_id)
         self._settle(ev, None)
         return ev
 
@@ -141,14 +178,14 @@ class PendingItemEvents:
         of the same item: the confirmation was the expired one's, and the item is held. Settles
         and returns that expired event (None: ``event_id`` was not such an event)."""
         older = self._ambiguous.pop(event_id, None)
-        if older is not None and self._by_event.get(older.event_id) is older:
+        if older is not None and self.get(older.event_id) is older:
             self._settle(older, None)
             return older
         return None
 
     def rejected(self, event_id: str, error: ChatContextSyncError) -> ItemEvent | None:
         """The service refused the event ``event_id``, if it is pending."""
-        ev = self._by_event.get(event_id)
+        ev = self.get(event_id)
         if ev is not None:
             self._settle(ev, error)
         return ev
@@ -156,41 +193,60 @@ class PendingItemEvents:
     def fail(self, error: ChatContextSyncError, *, batch: Batch | None = None) -> None:
         """Settle every pending event (of ``batch`` only, when given) with ``error``.
 
-        Events not sent yet are never sent: see :meth:`cancelled`.
+        Events not sent yet are never sent: see :meth:`cancelled`. For ``batch``, O(1) in its
+        events: they fail for it at once and count as gone; each leaves the books when a look-up
+        meets it (or with the next :meth:`fail_steps`).
         """
         if batch is None:
             for _ in self.fail_steps(error):
                 pass
             return
-        for ev in list(batch.events.values()):
-            if self._by_event.get(ev.event_id) is ev:
-                if not ev.sent:
-                    self._cancelled.add(ev.event_id)
-                self._settle(ev, error)
+        count = batch.booked.pop(self._gen, 0)
+        if batch.expired_gen == self._gen or count == 0:
+            return  # none of its events is pending (expired ones left it already)
+        self._dead += count
+        batch.failed_gen = self._gen
+        self._fail_for_caller(batch, count, error)
 
     def fail_steps(self, error: ChatContextSyncError) -> Generator[None, None, None]:
         """:meth:`fail` of every pending event, in steps: before the first step, they all leave
         the books (no answer reaches them any more, those not sent are cancelled), then each
         step settles a few of them with ``error``, in the order they were tracked."""
         failing = list(self._by_event.values())
-        self._detached.update(self._by_event)
+        if self._detached:
+            self._detached.update(self._by_event)
+        else:
+            self._detached = self._by_event  # no copy: thousands would be rehashed at once
+        old_items = self._by_item
         self._by_event = {}
         self._by_item = {}
+        self._gen += 1
+        self._dead = 0
         self._ambiguous.clear()  # the events they were about are gone
-        for start in range(0, len(failing), STEP_ITEMS):
+        failing.reverse()  # taken from the end, in the order tracked, so freed as they go
+        while failing:
             yield
-            for ev in failing[start : start + STEP_ITEMS]:
+            for _ in range(min(STEP_ITEMS, len(failing))):
+                ev = failing.pop()
                 if self._detached.pop(ev.event_id, None) is not None and not ev.sent:
                     self._cancelled.add(ev.event_id)
                 self._leave_batch(ev, error)
+            for _ in range(min(STEP_ITEMS, len(old_items))):
+                old_items.popitem()  # freed a step at a time, not thousands at once
+        old_items.clear()
 
     def expire(self, batch: Batch, error: ChatContextSyncError) -> None:
         """The caller of ``batch`` stopped waiting: its events fail for it, and stay tracked
-        (expired) so that a late answer still updates the state."""
-        for ev in list(batch.events.values()):
-            if self._by_event.get(ev.event_id) is ev:
-                ev.expired = True
-                self._leave_batch(ev, error)
+        (expired) so that a late answer still updates the state.
+
+        O(1) in its events: they are expired through ``batch`` (see :attr:`ItemEvent.expired`)
+        and leave it only as they settle.
+        """
+        count = batch.booked.pop(self._gen, 0)
+        if count == 0:
+            return
+        batch.expired_gen = self._gen
+        self._fail_for_caller(batch, count, error)
 
     def close(self, error: ChatContextSyncError) -> None:
         """Fail everything pending, and every event tracked from now on."""
@@ -204,6 +260,7 @@ class PendingItemEvents:
 
     def cancelled(self, event_id: str) -> bool:
         """Whether the event failed before it was sent; it must not be sent any more."""
+        self.get(event_id)  # an event of a failed batch leaves the books (cancelled if not sent)
         try:
             self._cancelled.remove(event_id)
         except KeyError:
@@ -211,19 +268,60 @@ class PendingItemEvents:
             return ev is not None and not ev.sent
         return True
 
+    def _queue(self, kind: Kind, item_id: str) -> deque[ItemEvent]:
+        """The stored events of ``kind`` for ``item_id``, those of failed batches taken out."""
+        queue = self._by_item.get((kind, item_id))
+        if queue is None:
+            return deque()
+        for ev in [ev for ev in queue if ev.dead]:
+            self._purge(ev)
+        return queue
+
+    def _purge(self, ev: ItemEvent) -> None:
+        """An event of a failed batch leaves the books, as :meth:`fail` would have done it."""
+        self._dead -= 1
+        if not ev.sent:
+            self._cancelled.add(ev.event_id)
+        ev.batch = None
+        self._unbook(ev)
+
     def _settle(self, ev: ItemEvent, error: ChatContextSyncError | None) -> None:
+        self._unbook(ev)
+        self._leave_batch(ev, error)
+
+    def _unbook(self, ev: ItemEvent) -> None:
+        for event_id in ev.owed:
+            # settled: a refusal of those can no longer be this one's confirmation
+            if self._ambiguous.get(event_id) is ev:
+                del self._ambiguous[event_id]
+        ev.owed.clear()
         if self._by_event.pop(ev.event_id, None) is not None:
             queue = self._by_item[(ev.kind, ev.item_id)]
             queue.remove(ev)
             if not queue:
                 del self._by_item[(ev.kind, ev.item_id)]
-        self._leave_batch(ev, error)
+
+    def _fail_for_caller(self, batch: Batch, count: int, error: ChatContextSyncError) -> None:
+        # ``count`` of its events fail for its caller at once, as if one by one
+        batch.errors.extend([error] * count)
+        batch.remaining -= count
+        if batch.on_settle is not None:
+            batch.on_settle()
 
     def _leave_batch(self, ev: ItemEvent, error: ChatContextSyncError | None) -> None:
         batch, ev.batch = ev.batch, None
         if batch is None:
             return
-        batch.events.pop(ev.event_id, None)
+        if batch.expired_gen == ev.gen:
+            ev.gave_up = True  # it failed for its caller when the batch expired
+            return
+        if batch.failed_gen == ev.gen:
+            return  # it failed for its caller with the batch
+        left = batch.booked.get(ev.gen, 0) - 1
+        if left > 0:
+            batch.booked[ev.gen] = left
+        else:
+            batch.booked.pop(ev.gen, None)
         if error is not None:
             batch.errors.append(error)
         batch.remaining -= 1
