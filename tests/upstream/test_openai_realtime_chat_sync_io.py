@@ -189,6 +189,41 @@ async def test_stop_cancels_a_main_task_that_does_not_end_in_time(
     assert main.cancelled()
 
 
+async def test_stop_lets_a_main_task_that_still_sends_end_by_itself(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(chat_sync_io, "ACLOSE_TIMEOUT", 0.02)
+    session = _Session()
+
+    async def main_task() -> None:
+        for _ in range(20):  # a slow link flushing what was queued: 0.2 s, ten waits long
+            await asyncio.sleep(0.01)
+            session.io.sent({"type": "input_audio_buffer.append"})
+
+    main = asyncio.create_task(main_task())
+    session.io.close()
+    await asyncio.wait_for(session.io.stop(main), 1)
+    assert main.done() and not main.cancelled()
+
+
+async def test_stop_cancels_a_main_task_still_sending_at_the_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(chat_sync_io, "ACLOSE_TIMEOUT", 0.02)
+    monkeypatch.setattr(chat_sync_io, "ACLOSE_LIMIT", 0.1)
+    session = _Session()
+
+    async def main_task() -> None:
+        while True:
+            await asyncio.sleep(0.005)
+            session.io.sent({"type": "input_audio_buffer.append"})
+
+    main = asyncio.create_task(main_task())
+    session.io.close()
+    await asyncio.wait_for(session.io.stop(main), 1)
+    assert main.cancelled()
+
+
 async def test_stop_cancels_again_a_main_task_that_waits_on_after_a_cancel(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -28,6 +28,7 @@ from .item_events import Batch, PendingItemEvents
 from .loop_slicer import LoopSlicer, drain_sliced
 
 __all__ = [
+    "ACLOSE_LIMIT",
     "ACLOSE_TIMEOUT",
     "CHAT_CTX_SYNC_TIMEOUT",
     "ChatSyncIO",
@@ -46,10 +47,13 @@ _SYNC_ATTEMPTS = 3
 # generate_reply gives up when the service has not created the response this long after the
 # request went out (upstream's timeout, counted from when it leaves the queue of held requests)
 GENERATE_REPLY_TIMEOUT = 5.0
-# aclose() gives the session's main task this long to end by itself (the send loop sends what is
-# queued, then closes the socket), then cancels it, and waits as long again after each cancel: a
-# service that stopped reading the socket would block the send loop's writes forever
+# aclose() lets the session's main task end by itself (the send loop sends what is queued, then
+# closes the socket) while it sends something every this many seconds, then cancels it, and waits
+# as long again after each cancel: a service that stopped reading the socket would block the
+# send loop's writes forever
 ACLOSE_TIMEOUT = 3.0
+# ...and cancels it after this long even on a link that still takes writes
+ACLOSE_LIMIT = 30.0
 # cancels aclose() tries before it leaves a main task that keeps ignoring them (logged)
 _ACLOSE_CANCELS = 3
 
@@ -93,6 +97,7 @@ class ChatSyncIO:
         self._open_syncs: deque[int] = deque()
         self._held_back: deque[tuple[int, Any]] = deque()
         self._sync_count = 0
+        self._sent_count = 0  # events written: how stop() tells a slow link from a stalled one
         self.replies = ReplyRequests()
         # why the session's connection failed for good, once it did (see ``failed``)
         self.failure: str | None = None
@@ -442,17 +447,34 @@ class ChatSyncIO:
         task.add_done_callback(self._settling.discard)
 
     async def stop(self, main_task: asyncio.Task[None]) -> None:
-        """After :meth:`close`: wait for the session's main task, ``ACLOSE_TIMEOUT`` at most,
-        then cancel it (its connection closes, what waited for it fails).
+        """After :meth:`close`: wait for the session's main task while it still sends, then
+        cancel it (its connection closes, what waited for it fails).
+
+        The task is cancelled once ``ACLOSE_TIMEOUT`` passes with no event written, or after
+        ``ACLOSE_LIMIT`` in all.
 
         Raises:
             Exception: The main task's own error, when it ended by itself with one.
         """
-        if not await _wait_task(main_task, ACLOSE_TIMEOUT):
-            logger.warning(
-                f"the realtime session did not close within {ACLOSE_TIMEOUT:g}s (the service "
-                f"stopped reading the connection?): cancelling it"
-            )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ACLOSE_LIMIT
+        written = -1
+        # a link that still takes writes is slow, not stalled: it gets up to ACLOSE_LIMIT
+        while written != self._sent_count and loop.time() < deadline:
+            written = self._sent_count
+            if await _wait_task(main_task, ACLOSE_TIMEOUT):
+                break
+        else:
+            if written == self._sent_count:
+                logger.warning(
+                    f"the realtime session sent nothing for {ACLOSE_TIMEOUT:g}s while closing "
+                    f"(the service stopped reading the connection?): cancelling it"
+                )
+            else:
+                logger.warning(
+                    f"the realtime session was still sending {ACLOSE_LIMIT:g}s after it was "
+                    f"closed: cancelling it"
+                )
             for _ in range(_ACLOSE_CANCELS):
                 main_task.cancel()
                 if await _wait_task(main_task, ACLOSE_TIMEOUT):
@@ -476,6 +498,7 @@ class ChatSyncIO:
 
     def sent(self, msg: dict[str, Any]) -> None:
         """A queued event went out on the connection."""
+        self._sent_count += 1
         self.state.sent(msg.get("event_id"))
         self.replies.sent(msg)
 
