@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import gc
 from typing import Any
 
+import aiohttp
 import pytest
 from fake_azure import FakeAzureRealtimeServer, make_model
 from sync_helpers import cancel_and_wait
@@ -88,6 +90,58 @@ async def test_aclose_returns_and_fails_pending_calls_when_the_service_stops_rea
             await cancel_and_wait(sync)
         if reply is not None and not reply.done():
             reply.cancel()
+        with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError):
+            await asyncio.wait_for(sess.aclose(), 5.0)
+        await model.aclose()
+
+
+def _open_client_websockets() -> list[aiohttp.ClientWebSocketResponse]:
+    gc.collect()
+    return [
+        o
+        for o in gc.get_objects()
+        if isinstance(o, aiohttp.ClientWebSocketResponse) and not o.closed
+    ]
+
+
+@pytest.mark.regression(fails_on=("1.4.6", "1.4.6.post7"))
+async def test_aclose_during_a_stalled_replay_closes_its_websocket(
+    fake_azure: FakeAzureRealtimeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The service stops reading while the session replays its conversation on a new
+    connection. aclose() returns, and leaves no websocket open (the replay's connection is not
+    yet handed to the receive loop, whose cleanup closes it; 1.4.6 and 1.4.6.post7 never
+    return)."""
+    _shorten_aclose_wait(monkeypatch)
+    model = make_model(fake_azure)
+    sess = model.session()
+    queued: list[Any] = []
+    try:
+        await fake_azure.wait_received("session.update")
+        text = "x" * 100_000  # 80 such items are far more than the buffers hold
+        ctx = llm.ChatContext.empty()
+        for n in range(80):
+            ctx.add_message(role="user" if n % 2 == 0 else "assistant", content=text, id=f"i{n}")
+        await asyncio.wait_for(sess.update_chat_ctx(ctx), 20)
+
+        def _stall_the_second_connection(ev: Any) -> None:
+            # the fake numbers connections from 0; the replay follows the session.update
+            if ev.connection == 1 and ev.event.get("type") == "session.update":
+                fake_azure.stop_reading()
+
+        fake_azure.observe(_stall_the_second_connection)
+        reconnected: list[Any] = []
+        sess.on("session_reconnected", reconnected.append)
+        sess.on("openai_client_event_queued", queued.append)
+        await fake_azure.drop_connections()
+        await fake_azure.wait_connected(2, timeout=10)
+        await _until_blocked(queued)
+        assert not reconnected  # the replay is blocked in a write
+
+        await asyncio.wait_for(sess.aclose(), ACLOSE_BOUND_S)
+        assert _open_client_websockets() == []
+    finally:
+        await fake_azure.drop_connections()
         with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError):
             await asyncio.wait_for(sess.aclose(), 5.0)
         await model.aclose()
