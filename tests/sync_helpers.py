@@ -135,6 +135,19 @@ def error_codes(server: FakeAzureRealtimeServer) -> list[str | None]:
     return [e.code for e in server.errors]
 
 
+async def until_send_loop_blocked(queued: list[Any], timeout: float = 10.0) -> None:
+    """Wait until the session's send loop stops taking events off its queue (``queued`` is
+    filled by an ``openai_client_event_queued`` listener)."""
+
+    async def _poll() -> None:
+        seen = -1
+        while seen != len(queued):
+            seen = len(queued)
+            await asyncio.sleep(0.3)
+
+    await asyncio.wait_for(_poll(), timeout)
+
+
 async def wait_until(predicate: Any, timeout: float = 3.0) -> None:
     """Poll client-side state (the fake cannot see it) until ``predicate()`` holds."""
     deadline = time.monotonic() + timeout

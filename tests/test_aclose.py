@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 from fake_azure import FakeAzureRealtimeServer, make_model
-from sync_helpers import cancel_and_wait
+from sync_helpers import cancel_and_wait, until_send_loop_blocked
 
 from livekit.agents import llm
 
@@ -35,18 +35,6 @@ def _shorten_aclose_wait(monkeypatch: pytest.MonkeyPatch) -> None:
     except ImportError:  # pristine upstream: no such module, and no bound to shorten
         return
     monkeypatch.setattr(chat_sync_io, "ACLOSE_TIMEOUT", ACLOSE_WAIT_S, raising=False)
-
-
-async def _until_blocked(queued: list[Any], timeout: float = 10.0) -> None:
-    """Wait until the session's send loop stops taking events off its queue."""
-
-    async def _poll() -> None:
-        seen = -1
-        while seen != len(queued):
-            seen = len(queued)
-            await asyncio.sleep(0.3)
-
-    await asyncio.wait_for(_poll(), timeout)
 
 
 @pytest.mark.regression(fails_on=("1.4.6", "1.4.6.post7"))
@@ -68,7 +56,7 @@ async def test_aclose_returns_and_fails_pending_calls_when_the_service_stops_rea
         fake_azure.stop_reading()
         for _ in range(EVENTS):
             sess.send_event({"type": "input_audio_buffer.append", "audio": AUDIO})
-        await _until_blocked(queued)
+        await until_send_loop_blocked(queued)
         assert len(queued) < EVENTS  # the send loop is blocked in a write
 
         ctx = sess.chat_ctx.copy()
@@ -135,7 +123,7 @@ async def test_aclose_during_a_stalled_replay_closes_its_websocket(
         sess.on("openai_client_event_queued", queued.append)
         await fake_azure.drop_connections()
         await fake_azure.wait_connected(2, timeout=10)
-        await _until_blocked(queued)
+        await until_send_loop_blocked(queued)
         assert not reconnected  # the replay is blocked in a write
 
         await asyncio.wait_for(sess.aclose(), ACLOSE_BOUND_S)

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from fake_azure import FakeAzureRealtimeServer
-from sync_helpers import beta_session, cancel_and_wait, wait_until
+from sync_helpers import beta_session, cancel_and_wait, until_send_loop_blocked, wait_until
 
 BURST = 200
 # 20 ms of pcm16 silence at 24 kHz, mono
@@ -79,18 +79,6 @@ async def test_other_tasks_run_between_the_events_of_a_burst_the_send_loop_sends
     assert back_to_back == 0
 
 
-async def _until_blocked(queued: list[Any], timeout: float = 10.0) -> None:
-    """Wait until the session's send loop stops taking events off its queue."""
-
-    async def _poll() -> None:
-        seen = -1
-        while seen != len(queued):
-            seen = len(queued)
-            await asyncio.sleep(0.3)
-
-    await asyncio.wait_for(_poll(), timeout)
-
-
 @pytest.mark.regression(
     fails_on=("1.4.6", "1.4.6.post1", "1.4.6.post2", "1.4.6.post3", "1.4.6.post4", "1.4.6.post5")
 )
@@ -126,7 +114,7 @@ async def test_other_tasks_run_between_the_events_the_send_loop_skips(
             fake_azure.stop_reading()
             for _ in range(BIG_EVENTS):
                 sess.send_event({"type": APPEND, "audio": BIG_AUDIO})
-            await _until_blocked(taken)
+            await until_send_loop_blocked(taken)
             unsent = BIG_EVENTS - sum(1 for name, _ in taken if name == APPEND)
             assert unsent > 0  # the send loop is blocked in a write
 
