@@ -36,6 +36,18 @@ def _zero_slice_budget(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(loop_slicer, "MAX_SLICE", 0.0)
 
 
+class _Turns:
+    """How often another task ran while :meth:`take` was running as a task of its own."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    async def take(self) -> None:
+        while True:
+            self.count += 1
+            await asyncio.sleep(0)
+
+
 @pytest.mark.regression(fails_on=("1.4.6",))
 async def test_other_tasks_run_between_the_events_of_a_burst_the_send_loop_sends(
     fake_azure: FakeAzureRealtimeServer, monkeypatch: pytest.MonkeyPatch
@@ -43,13 +55,7 @@ async def test_other_tasks_run_between_the_events_of_a_burst_the_send_loop_sends
     """BURST audio appends queued at once all reach the service, in their order, and another
     task runs between any two of them; 1.4.6 runs none in between."""
     _zero_slice_budget(monkeypatch)
-    turns = 0  # how often the other task ran
-
-    async def other_task() -> None:
-        nonlocal turns
-        while True:
-            turns += 1
-            await asyncio.sleep(0)
+    turns = _Turns()
 
     seen: list[int] = []  # `turns` when the send loop took each append of the burst
     async with beta_session(fake_azure) as (sess, errors):
@@ -57,10 +63,10 @@ async def test_other_tasks_run_between_the_events_of_a_burst_the_send_loop_sends
 
         def _queued(ev: dict[str, Any]) -> None:
             if ev.get("type") == APPEND:
-                seen.append(turns)
+                seen.append(turns.count)
 
         sess.on("openai_client_event_queued", _queued)
-        other = asyncio.create_task(other_task())
+        other = asyncio.create_task(turns.take())
         try:
             for i in range(BURST):
                 sess.send_event({"type": APPEND, "audio": AUDIO, "event_id": f"append_{i}"})
@@ -93,13 +99,7 @@ async def test_other_tasks_run_between_the_events_the_send_loop_skips(
     session, which does not stop at a failed write, writes the whole queue into the dropped
     socket."""
     _zero_slice_budget(monkeypatch)
-    turns = 0  # how often the other task ran
-
-    async def other_task() -> None:
-        nonlocal turns
-        while True:
-            turns += 1
-            await asyncio.sleep(0)
+    turns = _Turns()
 
     taken: list[tuple[str, int]] = []  # the send loop took (event type or id, turns)
     sync: asyncio.Task[None] | None = None
@@ -108,7 +108,7 @@ async def test_other_tasks_run_between_the_events_the_send_loop_skips(
         await fake_azure.wait_received("session.update")
         sess.on(
             "openai_client_event_queued",
-            lambda ev: taken.append((ev.get("event_id") or ev["type"], turns)),
+            lambda ev: taken.append((ev.get("event_id") or ev["type"], turns.count)),
         )
         try:
             fake_azure.stop_reading()
@@ -125,7 +125,7 @@ async def test_other_tasks_run_between_the_events_the_send_loop_skips(
             await wait_until(lambda: sess._msg_ch.qsize() >= unsent + SKIPPED, timeout=10.0)
             sess.send_event({"type": APPEND, "audio": AUDIO, "event_id": "marker"})
 
-            other = asyncio.create_task(other_task())
+            other = asyncio.create_task(turns.take())
             await fake_azure.drop_connections()
             try:
                 await fake_azure.wait_for(
