@@ -99,11 +99,13 @@ class RealtimeHandshakeError(APIStatusError):
 
 
 class SessionOptions(Protocol):
-    """What :func:`connect` reads of a session's options (the same names on both protocols)."""
+    """What :func:`connect` reads of a session's options (the same names on both protocols).
+
+    Options that have an ``azure_ad_token_provider`` field also give :func:`connect` that provider.
+    """
 
     api_key: str | None
     entra_token: str | None
-    azure_ad_token_provider: AzureADTokenProvider | None
     is_azure: bool
     conn_options: APIConnectOptions
 
@@ -127,10 +129,12 @@ class Credentials:
     @classmethod
     def of(cls, opts: SessionOptions) -> Credentials:
         """The credentials of a session's options (either protocol)."""
+        # options without an ``azure_ad_token_provider`` field have no provider
+        provider: AzureADTokenProvider | None = getattr(opts, "azure_ad_token_provider", None)
         return cls(
             api_key=opts.api_key,
             entra_token=opts.entra_token,
-            token_provider=opts.azure_ad_token_provider,
+            token_provider=provider,
             is_azure=opts.is_azure,
         )
 
