@@ -36,7 +36,7 @@ JsonDict = dict[str, Any]
 
 class DoneOnlyGa(GaProtocol):
     """GA layer announcing items only with ``conversation.item.done`` (no ``.added``): the
-    case patch 0010 says it covers ("``conversation.item.done`` for an item never reported as
+    case patch 0009 says it covers ("``conversation.item.done`` for an item never reported as
     added")."""
 
     def translate(self, event_type: str, fields: JsonDict) -> list[tuple[str, JsonDict]]:
