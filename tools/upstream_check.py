@@ -240,27 +240,50 @@ def check_in_order(
     python: str,
     report: Report,
 ) -> None:
-    """Apply `patches` one at a time; after each that adds test files, run those there.
+    """Apply `patches` one at a time; after each, lint what it changed and run its tests there.
 
-    So each commit of the series works as committed: a module patch's tests find every module
-    it imports (an order where a module came before what it imports fails here with a
-    ModuleNotFoundError), and an edit's tests need nothing from a later patch.
+    So each commit of the series works as committed: its files pass ruff (check and format)
+    and mypy as they stand at that commit, a module patch's tests find every module it imports
+    (an order where a module came before what it imports fails here with a
+    ModuleNotFoundError), and an edit's tests, new or extended, need nothing from a later patch.
     """
     _clone(checkout, base_ref, clone)
+    env = _tool_env(clone)
+    changed: set[str] = set()  # files the series has changed so far
     for patch in patches:
         out = _am(clone, [patch])
         if out.returncode != 0:
             report.add(f"{patch.path.name}: git am in order", False, _tail(out.stdout))
             return
-        new_tests = [f for f in patch.new_files if _is_test_file(f)]
-        if not new_tests:
-            continue
-        out = _pytest(python, clone, new_tests)
+        changed.update(patch.files)
+        problems = []
+        py = [f for f in patch.files if f.endswith(".py") and (clone / f).exists()]
+        if py:
+            for args in (["check"], ["format", "--check"]):
+                out = _run([python, "-m", "ruff", *args, *py], cwd=clone, env=env)
+                if out.returncode != 0:
+                    problems.append(f"ruff {' '.join(args)}:\n{_tail(out.stdout)}")
+        if packages := _packages(patch.files):
+            pkg_args = [a for pkg in packages for a in ("-p", pkg)]
+            out = _run([python, "-m", "mypy", *_MYPY_FLAGS, *pkg_args], cwd=clone, env=env)
+            ours = [
+                ln
+                for ln in out.stdout.splitlines()
+                if ": error:" in ln and ln.split(":", 1)[0] in changed
+            ]
+            if out.returncode not in (0, 1) or ours:
+                problems.append("mypy:\n" + ("\n".join(ours) or _tail(out.stdout)))
+        tests = patch.test_files
+        counts = ""
+        if tests:
+            out = _pytest(python, clone, tests)
+            counts = f"; {' '.join(tests)} ({_pytest_counts(out)})"
+            if out.returncode != 0:
+                problems.append(f"pytest:\n{_tail(out.stdout)}")
         report.add(
-            f"{patch.path.name} at its place in the series: {' '.join(new_tests)} "
-            f"({_pytest_counts(out)})",
-            out.returncode == 0,
-            "" if out.returncode == 0 else _tail(out.stdout),
+            f"{patch.path.name} at its place in the series: lint{counts}",
+            not problems,
+            "\n".join(problems),
         )
 
 
