@@ -66,12 +66,15 @@ def _no_azure_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
-async def _upgrade(rec: Recorder, **kwargs: Any) -> tuple[Any, Upgrade]:
+async def _upgrade(rec: Recorder, path: str = "", **kwargs: Any) -> tuple[Any, Upgrade]:
     from livekit.plugins import openai
 
     async with aiohttp.ClientSession() as http:
         model = openai.realtime.RealtimeModel.with_azure(
-            azure_deployment="my-realtime", azure_endpoint=rec.endpoint, http_session=http, **kwargs
+            azure_deployment="my-realtime",
+            azure_endpoint=rec.endpoint + path,
+            http_session=http,
+            **kwargs,
         )
         sess = model.session()
         try:
@@ -112,6 +115,22 @@ async def test_with_api_version_is_beta(recorder: Recorder) -> None:
     assert up.path == "/openai/realtime"
     assert up.query == {"api-version": "2024-10-01-preview", "deployment": "my-realtime"}
     assert up.headers.get("api-key") == "k"
+
+
+@pytest.mark.regression(fails_on=("1.4.6",))
+async def test_beta_under_a_gateway_prefix_connects_to_the_realtime_path_under_it(
+    recorder: Recorder,
+) -> None:
+    _, up = await _upgrade(recorder, "/gateway", api_key="k", api_version="2024-10-01-preview")
+    assert up.path == "/gateway/openai/realtime"
+
+
+@pytest.mark.regression(fails_on=GA_FAILS_ON)
+async def test_ga_under_a_gateway_prefix_connects_to_the_realtime_path_under_it(
+    recorder: Recorder,
+) -> None:
+    _, up = await _upgrade(recorder, "/gateway/openai/v1", api_key="k")
+    assert up.path == "/gateway/openai/v1/realtime"
 
 
 async def test_api_version_from_env_is_beta(
