@@ -449,11 +449,12 @@ class RemoteConversation:
             return
         old = snapshot.items[state._index]
         new = state.item
-        if (
-            old.id != new.id
-            or old.type != new.type
-            or getattr(old, "call_id", None) != getattr(new, "call_id", None)
-        ):
+        if old.id != new.id or old.type != new.type:
+            return
+        # only calls and outputs have a call id (a getattr on a pydantic item without the field
+        # raises inside: microseconds per completion)
+        calls = (llm.FunctionCall, llm.FunctionCallOutput)
+        if isinstance(old, calls) and isinstance(new, calls) and old.call_id != new.call_id:
             return
         snapshot.items[state._index] = new
         snapshot.unsettled += int(was_settled) - int(state.settled)
