@@ -57,16 +57,32 @@ def _runner(protocol: str, queued: list[Any]) -> Any:
     return io
 
 
+def _view_state(remote: Any) -> list[Any]:
+    """Everything the view knows of each item, in its order (what a sync or replay may set)."""
+    return [
+        (r.item.model_dump(exclude={"created_at"}), r.origin, r.known_at, r.heard, r.audio, r.held)
+        for r in remote
+    ] + [remote.revision]
+
+
 async def _sync_and_replay(
     specs: list[Spec], local: list[llm.ChatItem], protocol: str
-) -> tuple[list[Any], list[Any], list[str], int]:
-    """The events a sync of ``local`` queues, those a replay sends, the view after, and how
-    many times the work yielded to the event loop."""
+) -> tuple[list[Any], list[Any], list[str], int, list[Any]]:
+    """The events a sync of ``local`` queues, those a replay sends, the view after, how many
+    times the work yielded to the event loop, and the state: the view's items after the sync
+    and after the replay, and the outcomes both reported."""
     remote, since = _mirror(specs)
     queued: list[Any] = []
     sent: list[Any] = []
     io = _runner(protocol, queued)
     io.state.remote = remote
+    outcomes: list[Any] = []
+
+    def _log_outcomes() -> None:
+        outcomes.extend(io.state.outcomes)
+        io.state.outcomes = []
+
+    io._log_outcomes = _log_outcomes
     turns = 0
 
     async def _count_turns() -> None:
@@ -84,6 +100,7 @@ async def _sync_and_replay(
     plan = await loop_slicer.drain_sliced(io.state.sync_steps(ctx, since=since), slicer)
     if plan:
         await io._queue_plan(plan, slicer, connection)
+    after_sync = _view_state(io.remote)
 
     async def _send(event: Any) -> None:
         sent.append(event)
@@ -98,7 +115,8 @@ async def _sync_and_replay(
     def _dump(events: list[Any]) -> list[Any]:
         return [e.model_dump(exclude_unset=True) for e in events]
 
-    return _dump(queued), _dump(sent), view, yielded
+    state = [after_sync, _view_state(io.remote), outcomes]
+    return _dump(queued), _dump(sent), view, yielded, state
 
 
 def _run(specs: list[Spec], local: list[llm.ChatItem], protocol: str, *, sliced: bool) -> Any:
@@ -118,13 +136,231 @@ def test_slicing_keeps_the_events_and_their_order(
     protocol: str, scenario: tuple[list[Spec], list[llm.ChatItem]]
 ) -> None:
     specs, local = scenario
-    whole_sync, whole_replay, whole_view, _ = _run(specs, local, protocol, sliced=False)
-    sync, replay, view, yielded = _run(specs, local, protocol, sliced=True)
+    whole_sync, whole_replay, whole_view, _, whole_state = _run(
+        specs, local, protocol, sliced=False
+    )
+    sync, replay, view, yielded, state = _run(specs, local, protocol, sliced=True)
     assert sync == whole_sync
     assert replay == whole_replay
     assert view == whole_view
+    assert state == whole_state  # the same content known, the same items lost, reported so
     if specs or local:
         assert yielded > 0  # the sliced run did pause: the comparison is not of two whole runs
+
+
+# ------------------------------------- a replay that loses items, a sync from a stale copy of the view
+
+_AT = 0.0  # the items of both runs are made alike, their creation time too
+_KINDS = (
+    "client", "voice", "voice lost", "voice empty", "reply", "reply lost", "call", "output",
+    "server call",
+)  # fmt: skip
+
+
+def _state_of(kinds: list[str], protocol: str) -> Any:
+    """A state whose view holds ``kinds``: the client's items, the service's voice turns and
+    replies (content known, never known, or empty), calls and their outputs."""
+    _, images = PROTOCOLS[protocol]
+    ids = itertools.count()
+    state = conversation.ConversationState(
+        protocol=protocol, images=images, new_event_id=lambda prefix: f"{prefix}{next(ids)}"
+    )
+    previous: str | None = None
+    calls: list[str] = []
+    for k, kind in enumerate(kinds):
+        item_id = f"i{k}"
+        item: llm.ChatItem
+        if kind == "client":
+            item = llm.ChatMessage(created_at=_AT, id=item_id, role="system", content=[f"m{k}"])
+            state.remote.add(item, previous, origin="client")
+        elif kind in ("call", "output"):
+            if kind == "call" or not calls:
+                calls.append(f"c{k}")
+                item = llm.FunctionCall(
+                    created_at=_AT, id=item_id, call_id=f"c{k}", name="f", arguments="{}"
+                )
+            else:
+                item = llm.FunctionCallOutput(
+                    created_at=_AT, id=item_id, call_id=calls[-1], output="1", is_error=False
+                )
+            state.remote.add(item, previous, origin="client")
+        else:
+            if kind == "server call":
+                item = llm.FunctionCall(
+                    created_at=_AT, id=item_id, call_id=f"s{k}", name="f", arguments=""
+                )
+            else:
+                role = "user" if kind.startswith("voice") else "assistant"
+                item = llm.ChatMessage(created_at=_AT, id=item_id, role=role, content=[])
+            state.item_added(item_id, previous, lambda item=item: item)
+            if kind == "voice":
+                state.transcript(item_id, f"said {k}", None)
+            elif kind == "voice empty":
+                state.transcript(item_id, "", None)
+            elif kind == "reply":
+                state.reply_done(item_id, f"reply {k}", audio=True)
+        previous = item_id
+    return state
+
+
+def _patched(mp: pytest.MonkeyPatch, *, sliced: bool) -> None:
+    """A zero budget and a pause after every item, or an infinite budget and whole steps."""
+    mp.setattr(loop_slicer, "MAX_SLICE", 0.0 if sliced else math.inf)
+    step = 1 if sliced else 10**9
+    mp.setattr(chat_sync, "STEP_ITEMS", step)
+    mp.setattr(chat_sync, "CHUNK_ITEMS", step)
+    mp.setattr(conversation, "STEP_ITEMS", step)
+
+
+async def _counting_turns(work: Any) -> tuple[Any, int]:
+    """``await work``, and the event loop turns another task got meanwhile."""
+    turns = 0
+
+    async def _count() -> None:
+        nonlocal turns
+        while True:
+            await asyncio.sleep(0)
+            turns += 1
+
+    counter = asyncio.create_task(_count())
+    await asyncio.sleep(0)
+    start = turns
+    result = await work
+    counter.cancel()
+    return result, turns - start
+
+
+def _empty_reply(item_id: str) -> llm.ChatItem:
+    return llm.ChatMessage(created_at=_AT, id=item_id, role="assistant", content=[])
+
+
+def _dump(events: list[Any]) -> list[Any]:
+    return [e.model_dump(exclude_unset=True) for e in events]
+
+
+async def _replay_and_stale_sync(
+    kinds: list[str],
+    protocol: str,
+    copy_at: int,
+    answered: int,
+    streaming: int,
+    edits: list[tuple[str, str]],
+) -> Any:
+    """A replay of ``kinds`` (outcomes, events, view), then a sync from a copy of the view
+    taken after the replay's ``copy_at``-th event, with ``answered`` of its creates answered
+    since, ``streaming`` replies begun since (the copy holds their text: the sync takes it as
+    their content) and ``edits`` (new items, drops) made to the copy: its plan, events and
+    view."""
+    queued: list[Any] = []
+    io = _runner(protocol, queued)
+    io.state = _state_of(kinds, protocol)
+    outcomes: list[Any] = []
+
+    def _log_outcomes() -> None:
+        outcomes.extend(io.state.outcomes)
+        io.state.outcomes = []
+
+    io._log_outcomes = _log_outcomes
+    sent: list[Any] = []
+    copy: list[llm.ChatItem] | None = None
+
+    async def _send(event: Any) -> None:
+        nonlocal copy
+        sent.append(event)
+        if len(sent) == copy_at:
+            copy = [r.item for r in io.remote]  # session.chat_ctx.copy(), mid-replay
+
+    io.connection_lost()
+    _, replay_turns = await _counting_turns(io.replay(_send))
+    if copy is None:
+        copy = [r.item for r in io.remote]
+    after_replay = _view_state(io.remote)
+    for event in sent[:answered]:  # the service confirms a prefix of the replay
+        if event.type == "conversation.item.create":
+            item_id = event.item.id
+            io.item_created(item_id, None, lambda item_id=item_id: _empty_reply(item_id))
+    local = list(copy)
+    for k in range(streaming):  # a reply the service streams: the caller holds its text
+        item_id = f"s{k}"
+        last = io.remote.last()
+        previous = last.item.id if last is not None else None
+        io.item_created(item_id, previous, lambda item_id=item_id: _empty_reply(item_id))
+        local.append(
+            llm.ChatMessage(created_at=_AT, id=item_id, role="assistant", content=[f"heard {k}"])
+        )
+    for k, (edit, kind) in enumerate(edits):
+        at = k * 7 % (len(local) + 1)
+        if edit == "drop" and at < len(local):
+            del local[at]
+        elif kind == "pair":
+            call = llm.FunctionCall(
+                created_at=_AT, id=f"nc{k}", call_id=f"nc{k}", name="f", arguments="{}"
+            )
+            out = llm.FunctionCallOutput(
+                created_at=_AT, id=f"no{k}", call_id=f"nc{k}", output="1", is_error=False
+            )
+            local[at:at] = [call, out]
+        else:
+            local.insert(
+                at, llm.ChatMessage(created_at=_AT, id=f"n{k}", role="user", content=[f"new {k}"])
+            )
+    since = io.remote.revision
+    slicer = loop_slicer.LoopSlicer()
+    ctx = llm.ChatContext(items=local)
+    plan, sync_turns = await _counting_turns(
+        loop_slicer.drain_sliced(io.state.sync_steps(ctx, since=since), slicer)
+    )
+    if plan:
+        await io._queue_plan(plan, slicer, io.state.connection)
+    await io.aclose()
+    return (
+        _dump(sent),
+        after_replay,
+        _comparable(plan),
+        _dump(queued),
+        _view_state(io.remote),
+        outcomes,
+    ), (replay_turns, sync_turns)
+
+
+@pytest.mark.parametrize("protocol", list(PROTOCOLS))
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    kinds=st.lists(st.sampled_from(_KINDS), max_size=40),
+    copy_at=st.integers(0, 60),
+    answered=st.integers(0, 60),
+    streaming=st.integers(0, 3),
+    edits=st.lists(st.tuples(st.sampled_from(["new", "drop"]), st.sampled_from(["msg", "pair"]))),
+)
+def test_slicing_keeps_a_lossy_replay_and_a_sync_from_a_stale_copy(
+    protocol: str,
+    kinds: list[str],
+    copy_at: int,
+    answered: int,
+    streaming: int,
+    edits: list[tuple[str, str]],
+) -> None:
+    """Both protocols. A replay that loses items (content never known) and leaves empty ones
+    out, of a view with calls and outputs; then a sync from a copy of the view taken
+    mid-replay (``session.chat_ctx`` read then), with some of the replay answered since and
+    new items in the copy, and replies streaming whose text the copy holds: sliced as finely as it goes (a zero budget), the replay sends the
+    same events, reports the same outcomes and leaves the same view, and the sync plans and
+    queues the same events and leaves the same view, as unsliced (an infinite budget)."""
+    runs = []
+    for sliced in (False, True):
+        with pytest.MonkeyPatch.context() as mp:
+            _patched(mp, sliced=sliced)
+            runs.append(
+                asyncio.run(
+                    _replay_and_stale_sync(kinds, protocol, copy_at, answered, streaming, edits)
+                )
+            )
+    (whole, _), (sliced_result, (replay_turns, sync_turns)) = runs
+    names = ("replay events", "view after replay", "plan", "sync events", "view", "outcomes")
+    for name, whole_part, sliced_part in zip(names, whole, sliced_result, strict=True):
+        assert sliced_part == whole_part, name
+    if kinds:
+        assert replay_turns > 0 and sync_turns > 0  # both sliced runs did pause
 
 
 # ------------------------------------------------------------------ the plan of an appended sync

@@ -449,11 +449,12 @@ class RemoteConversation:
             return
         old = snapshot.items[state._index]
         new = state.item
-        if (
-            old.id != new.id
-            or old.type != new.type
-            or getattr(old, "call_id", None) != getattr(new, "call_id", None)
-        ):
+        if old.id != new.id or old.type != new.type:
+            return
+        # only calls and outputs have a call id (a getattr on a pydantic item without the field
+        # raises inside: microseconds per completion)
+        calls = (llm.FunctionCall, llm.FunctionCallOutput)
+        if isinstance(old, calls) and isinstance(new, calls) and old.call_id != new.call_id:
             return
         snapshot.items[state._index] = new
         snapshot.unsettled += int(was_settled) - int(state.settled)
@@ -1040,13 +1041,20 @@ def _target_order(
     group: list[tuple[bool, int | str]] = []  # since the last diffed item: (is_new, pos | id)
     low = -1
 
-    def _place(high: int) -> None:
+    def _place(high: int) -> Steps[None]:
+        # a group may hold every new item (a first sync, a rebuild from a stale copy): placed
+        # a step of items at a time; nothing it reads changes meanwhile (all the planner's own)
         if not group:
             return
         k = bisect.bisect_left(seen_fixed, high) - 1
         best = seen_fixed[k] if k >= 0 and seen_fixed[k] > low else low
         floor = low
+        work = 0  # group entries and skeleton positions walked since the last pause
         for is_new, value in group:
+            work += 1
+            if work >= STEP_ITEMS:
+                work = 0
+                yield
             if not is_new:
                 assert isinstance(value, int)
                 if low < value < high:
@@ -1062,6 +1070,10 @@ def _target_order(
                     and skeleton[at + 1] not in local_pos
                 ):
                     at += 1
+                    work += 1
+                    if work >= STEP_ITEMS:
+                        work = 0
+                        yield
             floor = at
             slots.setdefault(at, []).append(value)
         group.clear()
@@ -1074,9 +1086,9 @@ def _target_order(
         elif item.id in fixed:
             group.append((False, pos[item.id]))
         elif item.id in pos:
-            _place(pos[item.id])
+            yield from _place(pos[item.id])
             low = pos[item.id]
-    _place(len(skeleton))
+    yield from _place(len(skeleton))
 
     out = list(slots.get(-1, ()))
     for k, item_id in enumerate(skeleton):
@@ -1138,7 +1150,11 @@ def _split(anchor: str | None, items: list[llm.ChatItem]) -> Steps[list[Insertio
     first: list[Insertion] = []
     then: list[Insertion] = []
     end = len(items)
+    runs = 0
     while end and last_output[end] >= 0:
+        runs += 1
+        if runs % STEP_ITEMS == 0:
+            yield  # one run per new call answered: as many as the items, at worst
         out, call = last_output[end], last_call[end]
         if out + 1 < end:
             first.append(Insertion(anchor, tuple(items[out + 1 : end])))

@@ -24,6 +24,7 @@ What the state guarantees:
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Literal
@@ -179,7 +180,11 @@ class ConversationState:
         The local copies of items the sync keeps become their known content.
         """
         plan = yield from plan_sync_steps(self.remote, items, since=since)
-        for held in plan.held:
+        # each completion is one item's own (a server event between two steps finds every
+        # item either completed or not, as it would before or after an unsliced loop)
+        for n, held in enumerate(plan.held, 1):
+            if n % STEP_ITEMS == 0:
+                yield
             self.remote.complete(held.id, held)
         # replayed items the service never confirmed and the context no longer holds: gone
         if self._unconfirmed:
@@ -295,25 +300,31 @@ class ConversationState:
     def _replay_operations(self, batch: Batch) -> Generator[Operation | None, None, None]:
         insertions, lost, empty = yield from plan_replay_steps(self.remote)
         if lost:
+            listed = yield from _quoted_steps(lost)
             self.outcomes.append(
                 Outcome(
                     "lost",
                     "cannot replay items on the new connection: the service held audio for "
-                    f"them and no transcript of it arrived: {', '.join(f'`{i}`' for i in lost)}",
+                    f"them and no transcript of it arrived: {listed}",
                     tuple(lost),
                 )
             )
         if empty:
+            listed = yield from _quoted_steps(empty)
             self.outcomes.append(
                 Outcome(
                     "not_replayed",
                     "not replaying items that hold nothing to send (the service rejects empty "
-                    f"messages): {', '.join(f'`{i}`' for i in empty)}",
+                    f"messages): {listed}",
                     tuple(empty),
                 )
             )
-        for item_id in (*lost, *empty):
-            self.remote.remove(item_id)
+        # the items that leave the view, a step at a time (each removal bumps ``changes``)
+        for n, item_id in enumerate(itertools.chain(lost, empty), 1):
+            if n % STEP_ITEMS == 0:
+                yield None
+            if item_id in self.remote:  # a delete the service reported between two steps
+                self.remote.remove(item_id)
         unconfirmed: set[str] = set()
         self.remote.changes += 1  # the items are not held from now on, one step at a time
         for n, r in enumerate(self.remote, 1):
@@ -499,3 +510,13 @@ class ConversationState:
             self.remote.complete(call.id, call)
         else:
             self._ended_early[call.id] = (call, False)
+
+
+def _quoted_steps(item_ids: list[str]) -> Steps[str]:
+    """``item_ids`` as an outcome lists them (`` `a`, `b` ``), in steps."""
+    parts: list[str] = []
+    for start in range(0, len(item_ids), STEP_ITEMS):
+        if start:
+            yield
+        parts.extend([f"`{i}`" for i in item_ids[start : start + STEP_ITEMS]])
+    return ", ".join(parts)
