@@ -111,3 +111,21 @@ def test_once_closed_every_event_tracked_fails_at_once_with_the_cause() -> None:
         assert batch.done and error is not None and error.code == "session closed"
     assert len(events) == 0 and events.cancelled("ev_2")
     assert events.confirmed("create", "item_b") is None
+
+
+def test_stored_counts_the_events_of_a_failed_batch_until_they_are_let_go() -> None:
+    events = PendingItemEvents()
+    failed, other = Batch(), Batch()
+    events.track(ItemEvent("create", "item_a", "ev_1", batch=failed))
+    events.track(ItemEvent("create", "item_b", "ev_2", batch=failed))
+    events.track(ItemEvent("create", "item_c", "ev_3", batch=other))
+    events.fail(_error("dropped"), batch=failed)
+    # out of the books at once, still held in memory until a look-up or fail_steps lets go
+    assert len(events) == 1 and events.stored() == 3
+    assert events.get("ev_1") is None and events.stored() == 2
+    steps = events.fail_steps(_error("closed"))
+    next(steps)
+    assert len(events) == 0 and events.stored() == 2  # taken out, not settled yet
+    for _ in steps:
+        pass
+    assert events.stored() == 0 and other.done
