@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from livekit.plugins.openai.realtime.chat_sync import ChatContextSyncError
 from livekit.plugins.openai.realtime.item_events import Batch, ItemEvent, PendingItemEvents
 
@@ -129,3 +131,56 @@ def test_stored_counts_the_events_of_a_failed_batch_until_they_are_let_go() -> N
     for _ in steps:
         pass
     assert events.stored() == 0 and other.done
+
+
+def test_an_event_id_tracked_again_after_its_batch_failed_is_the_new_event_only() -> None:
+    events = PendingItemEvents()
+    failed = Batch()
+    events.track(ItemEvent("create", "item_a", "ev_1", batch=failed))
+    events.fail(_error("dropped"), batch=failed)
+    waiting = Batch()
+    again = events.track(ItemEvent("create", "item_b", "ev_1", batch=waiting))
+    # the failed event's queue entry leaves the books, and takes nothing of the new one
+    assert not events.live("create", "item_a")
+    assert events.get("ev_1") is again and len(events) == 1 and events.stored() == 1
+    assert events.cancelled("ev_1") and not events.cancelled("ev_1")  # the failed one, once
+    assert events.confirmed("create", "item_b") is again and waiting.done
+    assert len(events) == 0 and events.stored() == 0 and not events.live("create", "item_b")
+
+
+def test_an_event_id_tracked_again_for_the_same_item_after_its_batch_failed() -> None:
+    events = PendingItemEvents()
+    failed = Batch()
+    events.track(ItemEvent("create", "item_a", "ev_1", batch=failed))
+    events.fail(_error("dropped"), batch=failed)
+    waiting = Batch()
+    again = events.track(ItemEvent("create", "item_a", "ev_1", batch=waiting))
+    assert events.confirmed("create", "item_a") is again and waiting.done
+    assert not events.live("create", "item_a") and events.confirmed("create", "item_a") is None
+    assert len(events) == 0 and events.stored() == 0
+
+
+def test_an_event_id_still_pending_is_not_tracked_again() -> None:
+    events = PendingItemEvents()
+    gave_up, other = Batch(), Batch()
+    first = events.track(ItemEvent("create", "item_a", "ev_1", batch=gave_up))
+    events.expire(gave_up, _error("timeout"))  # expired: still pending, for a late answer
+    with pytest.raises(ValueError, match="ev_1"):
+        events.track(ItemEvent("delete", "item_b", "ev_1", batch=other))
+    assert other.size == 0 and other.done and not events.live("delete", "item_b")
+    assert events.get("ev_1") is first and len(events) == 1
+
+
+def test_a_refusal_of_an_event_id_tracked_again_is_the_new_event_s_own() -> None:
+    events = PendingItemEvents()
+    gave_up = Batch()
+    old = events.track(ItemEvent("create", "item_a", "ev_old", batch=gave_up))
+    events.expire(gave_up, _error("timeout"))
+    events.track(ItemEvent("create", "item_a", "ev_new", batch=Batch()))
+    events.confirmed("create", "item_a")  # ev_new, though ev_old's answer it may be
+    waiting = Batch()
+    again = events.track(ItemEvent("delete", "item_b", "ev_new", batch=waiting))
+    # the refusal names the event tracked last with that id: it hands nothing back
+    assert events.taken_over("ev_new") is None
+    assert events.rejected("ev_new", _error("refused")) is again and waiting.done
+    assert events.get("ev_old") is old

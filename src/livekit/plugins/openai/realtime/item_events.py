@@ -152,7 +152,17 @@ class PendingItemEvents:
         return any(not ev.expired for ev in self._queue(kind, item_id))
 
     def track(self, ev: ItemEvent) -> ItemEvent:
-        """Track an event about to be sent; once closed, it fails at once."""
+        """Track an event about to be sent; once closed, it fails at once.
+
+        Raises:
+            ValueError: An event with its ``event_id`` is pending: the books know an event by
+                its id (an id may be used again once its event is settled or failed).
+        """
+        # a failed event stored under the id leaves the books first, as :meth:`fail` did it
+        if self.get(ev.event_id) is not None:
+            raise ValueError(f"item event {ev.event_id!r} is tracked already and still pending")
+        # a refusal naming the id is the new event's from now on (see ``taken_over``)
+        self._ambiguous.pop(ev.event_id, None)
         ev.gen = self._gen
         if (batch := ev.batch) is not None:
             batch.remaining += 1
@@ -303,11 +313,19 @@ class PendingItemEvents:
             if self._ambiguous.get(event_id) is ev:
                 del self._ambiguous[event_id]
         ev.owed.clear()
-        if self._by_event.pop(ev.event_id, None) is not None:
-            queue = self._by_item[(ev.kind, ev.item_id)]
-            queue.remove(ev)
-            if not queue:
-                del self._by_item[(ev.kind, ev.item_id)]
+        # this very event only: another one may have been tracked with its id since
+        if self._by_event.get(ev.event_id) is not ev:
+            return
+        del self._by_event[ev.event_id]
+        key = (ev.kind, ev.item_id)
+        queue = self._by_item[key]
+        # by identity: ``deque.remove`` compares the dataclasses field by field
+        for n, queued in enumerate(queue):
+            if queued is ev:
+                del queue[n]
+                break
+        if not queue:
+            del self._by_item[key]
 
     def _fail_for_caller(self, batch: Batch, count: int, error: ChatContextSyncError) -> None:
         # ``count`` of its events fail for its caller at once, as if one by one
