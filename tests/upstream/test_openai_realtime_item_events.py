@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
 from livekit.plugins.openai.realtime.chat_sync import ChatContextSyncError
@@ -184,3 +186,43 @@ def test_a_refusal_of_an_event_id_tracked_again_is_the_new_event_s_own() -> None
     assert events.taken_over("ev_new") is None
     assert events.rejected("ev_new", _error("refused")) is again and waiting.done
     assert events.get("ev_old") is old
+
+
+def _end(events: PendingItemEvents, batch: Batch, how: str) -> None:
+    if how == "fail":
+        events.fail(_error("dropped"), batch=batch)
+    else:
+        events.expire(batch, _error("timeout"))
+
+
+@pytest.mark.parametrize("how", ["fail", "expire"])
+def test_a_batch_failed_or_expired_takes_no_more_events(how: str) -> None:
+    events = PendingItemEvents()
+    batch = Batch()
+    events.track(ItemEvent("create", "item_a", "ev_1", batch=batch))
+    _end(events, batch, how)
+    with contextlib.suppress(ValueError):
+        events.track(ItemEvent("create", "item_b", "ev_2", batch=batch))
+    # its caller had its answer: the batch stays done, with its one event
+    assert batch.done and batch.size == 1 and len(batch.errors) == 1
+    with pytest.raises(ValueError, match="ev_3"):
+        events.track(ItemEvent("create", "item_b", "ev_3", batch=batch))
+    assert events.get("ev_3") is None and not events.live("create", "item_b")
+    assert not events.cancelled("ev_3")  # refused, not tracked: nothing to tell
+
+
+@pytest.mark.parametrize("how", ["fail", "expire"])
+def test_a_batch_ended_before_fail_steps_and_again_after_never_goes_below_zero(how: str) -> None:
+    events = PendingItemEvents()
+    batch = Batch()
+    events.track(ItemEvent("create", "item_a", "ev_1", batch=batch))
+    _end(events, batch, how)
+    steps = events.fail_steps(_error("closed"))
+    next(steps)  # ev_1 is out of the books, not settled yet
+    with contextlib.suppress(ValueError):
+        events.track(ItemEvent("create", "item_b", "ev_2", batch=batch))
+    _end(events, batch, how)
+    for _ in steps:
+        pass
+    assert batch.remaining == 0 and batch.done
+    assert batch.size == 1 and len(batch.errors) == 1 and events.stored() == 0

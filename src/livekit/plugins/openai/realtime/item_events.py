@@ -42,12 +42,16 @@ class Batch:
     """how many of its events not settled yet were tracked in each generation of the books (a
     generation ends when :meth:`PendingItemEvents.fail_steps` takes every pending event out)"""
     expired_gen: int | None = None
-    """the generation whose events of it expired at once (its caller stopped waiting)"""
+    """the generation whose events of it expired at once (its caller stopped waiting); set at
+    most once, like :attr:`failed_gen` (see :attr:`ended`)"""
     failed_gen: int | None = None
     """the generation whose events of it failed at once: they are out of the books, though
     still stored until a look-up meets them"""
     on_settle: Callable[[], None] | None = None
     """called whenever one of its events is settled (the waiter's clock and wake-up)"""
+    ended: bool = False
+    """failed or expired (:meth:`PendingItemEvents.fail` with it, or
+    :meth:`PendingItemEvents.expire`): its caller has its answer, it takes no more events"""
 
     @property
     def done(self) -> bool:
@@ -155,9 +159,13 @@ class PendingItemEvents:
         """Track an event about to be sent; once closed, it fails at once.
 
         Raises:
-            ValueError: An event with its ``event_id`` is pending: the books know an event by
-                its id (an id may be used again once its event is settled or failed).
+            ValueError: Its batch failed or expired (see :attr:`Batch.ended`), or an event with
+                its ``event_id`` is pending: the books know an event by its id (an id may be
+                used again once its event is settled or failed).
         """
+        if ev.batch is not None and ev.batch.ended:
+            # its caller read the batch's answer already: one more event would undo ``done``
+            raise ValueError(f"item event {ev.event_id!r}: its batch failed or expired")
         # a failed event stored under the id leaves the books first, as :meth:`fail` did it
         if self.get(ev.event_id) is not None:
             raise ValueError(f"item event {ev.event_id!r} is tracked already and still pending")
@@ -213,15 +221,20 @@ class PendingItemEvents:
 
         Events not sent yet are never sent: see :meth:`cancelled`. For ``batch``, O(1) in its
         events: they fail for it at once and count as gone; each leaves the books when a look-up
-        meets it (or with the next :meth:`fail_steps`).
+        meets it (or with the next :meth:`fail_steps`). A batch ends once (failed or expired,
+        see :attr:`Batch.ended`): a later call for it does nothing, so its generation of failed
+        events is never overwritten.
         """
         if batch is None:
             for _ in self.fail_steps(error):
                 pass
             return
+        if batch.ended:
+            return  # failed or expired already: none of its events is in the books
+        batch.ended = True
         count = batch.booked.pop(self._gen, 0)
-        if batch.expired_gen == self._gen or count == 0:
-            return  # none of its events is pending (expired ones left it already)
+        if count == 0:
+            return  # none of its events is in the books
         self._dead += count
         batch.failed_gen = self._gen
         self._fail_for_caller(batch, count, error)
@@ -258,8 +271,11 @@ class PendingItemEvents:
         (expired) so that a late answer still updates the state.
 
         O(1) in its events: they are expired through ``batch`` (see :attr:`ItemEvent.expired`)
-        and leave it only as they settle.
+        and leave it only as they settle. Like :meth:`fail`, once per batch.
         """
+        if batch.ended:
+            return  # failed or expired already: none of its events is in the books
+        batch.ended = True
         count = batch.booked.pop(self._gen, 0)
         if count == 0:
             return
