@@ -226,3 +226,18 @@ def test_a_batch_ended_before_fail_steps_and_again_after_never_goes_below_zero(h
         pass
     assert batch.remaining == 0 and batch.done
     assert batch.size == 1 and len(batch.errors) == 1 and events.stored() == 0
+
+
+def test_a_failed_event_taken_out_by_fail_steps_is_let_go_before_its_id_comes_again() -> None:
+    events = PendingItemEvents()
+    failed = Batch()
+    events.track(ItemEvent("create", "item_a", "ev_1", batch=failed))
+    events.fail(_error("dropped"), batch=failed)  # not sent: cancelled
+    steps = events.close_steps(_error("closed"))
+    next(steps)  # the failed event is taken out of the books, not let go yet
+    events.track(ItemEvent("create", "item_b", "ev_1", batch=Batch()))  # closed: fails at once
+    # one failure told for the id, as when fail() let its first event go at once
+    assert events.cancelled("ev_1")
+    for _ in steps:
+        pass
+    assert not events.cancelled("ev_1") and events.stored() == 0

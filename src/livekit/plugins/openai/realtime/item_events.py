@@ -169,6 +169,12 @@ class PendingItemEvents:
         # a failed event stored under the id leaves the books first, as :meth:`fail` did it
         if self.get(ev.event_id) is not None:
             raise ValueError(f"item event {ev.event_id!r} is tracked already and still pending")
+        stale = self._detached.get(ev.event_id)
+        if stale is not None and stale.dead:
+            # one of a failed batch that ``fail_steps`` took out: let go too, not at its step
+            del self._detached[ev.event_id]
+            if not stale.sent:
+                self._cancelled.add(ev.event_id)
         # a refusal naming the id is the new event's from now on (see ``taken_over``)
         self._ambiguous.pop(ev.event_id, None)
         ev.gen = self._gen
