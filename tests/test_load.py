@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from fake_azure import FakeAzureRealtimeServer, make_model
+from sync_helpers import stored_events
 
 from livekit.agents import llm
 
@@ -137,7 +138,7 @@ async def test_large_context_and_rapid_syncs(fake_azure: FakeAzureRealtimeServer
         t0 = time.monotonic()
         await asyncio.wait_for(session.update_chat_ctx(llm.ChatContext(items=list(items))), timeout)
         timings.append(time.monotonic() - t0)
-        pending = len(session._chat_sync.events)
+        pending = stored_events(session._chat_sync.events)
         assert not pending, f"{pending} item events still pending after a settled call"
         assert not fake_azure.errors, [(e.code, e.message) for e in fake_azure.errors[:3]]
         assert fake_azure.typeless_creates == 0

@@ -38,6 +38,7 @@ from sync_helpers import (
     ids,
     sent_since,
     start_user_turn,
+    stored_events,
     sync,
     text_ctx,
     touched_ids,
@@ -483,7 +484,7 @@ async def test_pending_maps_empty_after_each_call(fake_azure: FakeAzureRealtimeS
 
     def pending(sess: Session) -> list[int]:
         events = sess._chat_sync.events
-        return [len(events), len(events._by_item), len(events._cancelled)]
+        return [stored_events(events), len(events._by_item), len(events._cancelled)]
 
     ctx = text_ctx(("sys_1", "system", "TEST"), ("user_1", "user", "hello"))
     async with beta_session(fake_azure) as (sess, _):

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+
+import pytest
+
 from livekit.plugins.openai.realtime.chat_sync import ChatContextSyncError
 from livekit.plugins.openai.realtime.item_events import Batch, ItemEvent, PendingItemEvents
 
@@ -111,3 +115,129 @@ def test_once_closed_every_event_tracked_fails_at_once_with_the_cause() -> None:
         assert batch.done and error is not None and error.code == "session closed"
     assert len(events) == 0 and events.cancelled("ev_2")
     assert events.confirmed("create", "item_b") is None
+
+
+def test_stored_counts_the_events_of_a_failed_batch_until_they_are_let_go() -> None:
+    events = PendingItemEvents()
+    failed, other = Batch(), Batch()
+    events.track(ItemEvent("create", "item_a", "ev_1", batch=failed))
+    events.track(ItemEvent("create", "item_b", "ev_2", batch=failed))
+    events.track(ItemEvent("create", "item_c", "ev_3", batch=other))
+    events.fail(_error("dropped"), batch=failed)
+    # out of the books at once, still held in memory until a look-up or fail_steps lets go
+    assert len(events) == 1 and events.stored() == 3
+    assert events.get("ev_1") is None and events.stored() == 2
+    steps = events.fail_steps(_error("closed"))
+    next(steps)
+    assert len(events) == 0 and events.stored() == 2  # taken out, not settled yet
+    for _ in steps:
+        pass
+    assert events.stored() == 0 and other.done
+
+
+def test_an_event_id_tracked_again_after_its_batch_failed_is_the_new_event_only() -> None:
+    events = PendingItemEvents()
+    failed = Batch()
+    events.track(ItemEvent("create", "item_a", "ev_1", batch=failed))
+    events.fail(_error("dropped"), batch=failed)
+    waiting = Batch()
+    again = events.track(ItemEvent("create", "item_b", "ev_1", batch=waiting))
+    # the failed event's queue entry leaves the books, and takes nothing of the new one
+    assert not events.live("create", "item_a")
+    assert events.get("ev_1") is again and len(events) == 1 and events.stored() == 1
+    assert events.cancelled("ev_1") and not events.cancelled("ev_1")  # the failed one, once
+    assert events.confirmed("create", "item_b") is again and waiting.done
+    assert len(events) == 0 and events.stored() == 0 and not events.live("create", "item_b")
+
+
+def test_an_event_id_tracked_again_for_the_same_item_after_its_batch_failed() -> None:
+    events = PendingItemEvents()
+    failed = Batch()
+    events.track(ItemEvent("create", "item_a", "ev_1", batch=failed))
+    events.fail(_error("dropped"), batch=failed)
+    waiting = Batch()
+    again = events.track(ItemEvent("create", "item_a", "ev_1", batch=waiting))
+    assert events.confirmed("create", "item_a") is again and waiting.done
+    assert not events.live("create", "item_a") and events.confirmed("create", "item_a") is None
+    assert len(events) == 0 and events.stored() == 0
+
+
+def test_an_event_id_still_pending_is_not_tracked_again() -> None:
+    events = PendingItemEvents()
+    gave_up, other = Batch(), Batch()
+    first = events.track(ItemEvent("create", "item_a", "ev_1", batch=gave_up))
+    events.expire(gave_up, _error("timeout"))  # expired: still pending, for a late answer
+    with pytest.raises(ValueError, match="ev_1"):
+        events.track(ItemEvent("delete", "item_b", "ev_1", batch=other))
+    assert other.size == 0 and other.done and not events.live("delete", "item_b")
+    assert events.get("ev_1") is first and len(events) == 1
+
+
+def test_a_refusal_of_an_event_id_tracked_again_is_the_new_event_s_own() -> None:
+    events = PendingItemEvents()
+    gave_up = Batch()
+    old = events.track(ItemEvent("create", "item_a", "ev_old", batch=gave_up))
+    events.expire(gave_up, _error("timeout"))
+    events.track(ItemEvent("create", "item_a", "ev_new", batch=Batch()))
+    events.confirmed("create", "item_a")  # ev_new, though ev_old's answer it may be
+    waiting = Batch()
+    again = events.track(ItemEvent("delete", "item_b", "ev_new", batch=waiting))
+    # the refusal names the event tracked last with that id: it hands nothing back
+    assert events.taken_over("ev_new") is None
+    assert events.rejected("ev_new", _error("refused")) is again and waiting.done
+    assert events.get("ev_old") is old
+
+
+def _end(events: PendingItemEvents, batch: Batch, how: str) -> None:
+    if how == "fail":
+        events.fail(_error("dropped"), batch=batch)
+    else:
+        events.expire(batch, _error("timeout"))
+
+
+@pytest.mark.parametrize("how", ["fail", "expire"])
+def test_a_batch_failed_or_expired_takes_no_more_events(how: str) -> None:
+    events = PendingItemEvents()
+    batch = Batch()
+    events.track(ItemEvent("create", "item_a", "ev_1", batch=batch))
+    _end(events, batch, how)
+    with contextlib.suppress(ValueError):
+        events.track(ItemEvent("create", "item_b", "ev_2", batch=batch))
+    # its caller had its answer: the batch stays done, with its one event
+    assert batch.done and batch.size == 1 and len(batch.errors) == 1
+    with pytest.raises(ValueError, match="ev_3"):
+        events.track(ItemEvent("create", "item_b", "ev_3", batch=batch))
+    assert events.get("ev_3") is None and not events.live("create", "item_b")
+    assert not events.cancelled("ev_3")  # refused, not tracked: nothing to tell
+
+
+@pytest.mark.parametrize("how", ["fail", "expire"])
+def test_a_batch_ended_before_fail_steps_and_again_after_never_goes_below_zero(how: str) -> None:
+    events = PendingItemEvents()
+    batch = Batch()
+    events.track(ItemEvent("create", "item_a", "ev_1", batch=batch))
+    _end(events, batch, how)
+    steps = events.fail_steps(_error("closed"))
+    next(steps)  # ev_1 is out of the books, not settled yet
+    with contextlib.suppress(ValueError):
+        events.track(ItemEvent("create", "item_b", "ev_2", batch=batch))
+    _end(events, batch, how)
+    for _ in steps:
+        pass
+    assert batch.remaining == 0 and batch.done
+    assert batch.size == 1 and len(batch.errors) == 1 and events.stored() == 0
+
+
+def test_a_failed_event_taken_out_by_fail_steps_is_let_go_before_its_id_comes_again() -> None:
+    events = PendingItemEvents()
+    failed = Batch()
+    events.track(ItemEvent("create", "item_a", "ev_1", batch=failed))
+    events.fail(_error("dropped"), batch=failed)  # not sent: cancelled
+    steps = events.close_steps(_error("closed"))
+    next(steps)  # the failed event is taken out of the books, not let go yet
+    events.track(ItemEvent("create", "item_b", "ev_1", batch=Batch()))  # closed: fails at once
+    # one failure told for the id, as when fail() let its first event go at once
+    assert events.cancelled("ev_1")
+    for _ in steps:
+        pass
+    assert not events.cancelled("ev_1") and events.stored() == 0

@@ -42,12 +42,16 @@ class Batch:
     """how many of its events not settled yet were tracked in each generation of the books (a
     generation ends when :meth:`PendingItemEvents.fail_steps` takes every pending event out)"""
     expired_gen: int | None = None
-    """the generation whose events of it expired at once (its caller stopped waiting)"""
+    """the generation whose events of it expired at once (its caller stopped waiting); set at
+    most once, like :attr:`failed_gen` (see :attr:`ended`)"""
     failed_gen: int | None = None
     """the generation whose events of it failed at once: they are out of the books, though
     still stored until a look-up meets them"""
     on_settle: Callable[[], None] | None = None
     """called whenever one of its events is settled (the waiter's clock and wake-up)"""
+    ended: bool = False
+    """failed or expired (:meth:`PendingItemEvents.fail` with it, or
+    :meth:`PendingItemEvents.expire`): its caller has its answer, it takes no more events"""
 
     @property
     def done(self) -> bool:
@@ -130,7 +134,15 @@ class PendingItemEvents:
         self._dead = 0  # events of failed batches still stored in ``_by_event``
 
     def __len__(self) -> int:
+        """The pending events (those of failed batches, still stored, do not count)."""
         return len(self._by_event) - self._dead
+
+    def stored(self) -> int:
+        """The events still held in memory: pending ones, those of failed batches not let go
+        yet (see :meth:`fail`), and those :meth:`fail_steps` took out and has not settled (or
+        :meth:`cancelled` not told) yet. A leak check counts these: :func:`len` leaves out
+        the events of failed batches and those taken out."""
+        return len(self._by_event) + len(self._detached)
 
     def get(self, event_id: str) -> ItemEvent | None:
         ev = self._by_event.get(event_id)
@@ -144,7 +156,27 @@ class PendingItemEvents:
         return any(not ev.expired for ev in self._queue(kind, item_id))
 
     def track(self, ev: ItemEvent) -> ItemEvent:
-        """Track an event about to be sent; once closed, it fails at once."""
+        """Track an event about to be sent; once closed, it fails at once.
+
+        Raises:
+            ValueError: Its batch failed or expired (see :attr:`Batch.ended`), or an event with
+                its ``event_id`` is pending: the books know an event by its id (an id may be
+                used again once its event is settled or failed).
+        """
+        if ev.batch is not None and ev.batch.ended:
+            # its caller read the batch's answer already: one more event would undo ``done``
+            raise ValueError(f"item event {ev.event_id!r}: its batch failed or expired")
+        # a failed event stored under the id leaves the books first, as :meth:`fail` did it
+        if self.get(ev.event_id) is not None:
+            raise ValueError(f"item event {ev.event_id!r} is tracked already and still pending")
+        stale = self._detached.get(ev.event_id)
+        if stale is not None and stale.dead:
+            # one of a failed batch that ``fail_steps`` took out: let go too, not at its step
+            del self._detached[ev.event_id]
+            if not stale.sent:
+                self._cancelled.add(ev.event_id)
+        # a refusal naming the id is the new event's from now on (see ``taken_over``)
+        self._ambiguous.pop(ev.event_id, None)
         ev.gen = self._gen
         if (batch := ev.batch) is not None:
             batch.remaining += 1
@@ -195,15 +227,20 @@ class PendingItemEvents:
 
         Events not sent yet are never sent: see :meth:`cancelled`. For ``batch``, O(1) in its
         events: they fail for it at once and count as gone; each leaves the books when a look-up
-        meets it (or with the next :meth:`fail_steps`).
+        meets it (or with the next :meth:`fail_steps`). A batch ends once (failed or expired,
+        see :attr:`Batch.ended`): a later call for it does nothing, so its generation of failed
+        events is never overwritten.
         """
         if batch is None:
             for _ in self.fail_steps(error):
                 pass
             return
+        if batch.ended:
+            return  # failed or expired already: none of its events is in the books
+        batch.ended = True
         count = batch.booked.pop(self._gen, 0)
-        if batch.expired_gen == self._gen or count == 0:
-            return  # none of its events is pending (expired ones left it already)
+        if count == 0:
+            return  # none of its events is in the books
         self._dead += count
         batch.failed_gen = self._gen
         self._fail_for_caller(batch, count, error)
@@ -240,8 +277,11 @@ class PendingItemEvents:
         (expired) so that a late answer still updates the state.
 
         O(1) in its events: they are expired through ``batch`` (see :attr:`ItemEvent.expired`)
-        and leave it only as they settle.
+        and leave it only as they settle. Like :meth:`fail`, once per batch.
         """
+        if batch.ended:
+            return  # failed or expired already: none of its events is in the books
+        batch.ended = True
         count = batch.booked.pop(self._gen, 0)
         if count == 0:
             return
@@ -295,11 +335,19 @@ class PendingItemEvents:
             if self._ambiguous.get(event_id) is ev:
                 del self._ambiguous[event_id]
         ev.owed.clear()
-        if self._by_event.pop(ev.event_id, None) is not None:
-            queue = self._by_item[(ev.kind, ev.item_id)]
-            queue.remove(ev)
-            if not queue:
-                del self._by_item[(ev.kind, ev.item_id)]
+        # this very event only: another one may have been tracked with its id since
+        if self._by_event.get(ev.event_id) is not ev:
+            return
+        del self._by_event[ev.event_id]
+        key = (ev.kind, ev.item_id)
+        queue = self._by_item[key]
+        # by identity: ``deque.remove`` compares the dataclasses field by field
+        for n, queued in enumerate(queue):
+            if queued is ev:
+                del queue[n]
+                break
+        if not queue:
+            del self._by_item[key]
 
     def _fail_for_caller(self, batch: Batch, count: int, error: ChatContextSyncError) -> None:
         # ``count`` of its events fail for its caller at once, as if one by one
