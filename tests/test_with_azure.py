@@ -133,6 +133,61 @@ async def test_ga_under_a_gateway_prefix_connects_to_the_realtime_path_under_it(
     assert up.path == "/gateway/openai/v1/realtime"
 
 
+async def _direct_upgrade(rec: Recorder, cls_name: str, **kwargs: Any) -> Upgrade:
+    """The upgrade of a model built by its constructor (not ``with_azure``)."""
+    from livekit.plugins.openai import realtime
+
+    async with aiohttp.ClientSession() as http:
+        model = getattr(realtime, cls_name)(
+            azure_deployment="my-realtime", http_session=http, **kwargs
+        )
+        sess = model.session()
+        try:
+            await asyncio.wait_for(rec.event.wait(), 5)
+        finally:
+            await sess.aclose()
+    return rec.upgrades[0]
+
+
+@pytest.mark.regression(fails_on=("1.4.6",))
+@pytest.mark.parametrize("cls_name", ["RealtimeModelBeta", "RealtimeModel"])
+async def test_azure_model_sends_azure_openai_api_key_not_openai_api_key(
+    recorder: Recorder, monkeypatch: pytest.MonkeyPatch, cls_name: str
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-openai")
+    monkeypatch.setenv("AZURE_OPENAI_API_KEY", "azure-key")
+    up = await _direct_upgrade(
+        recorder, cls_name, base_url=f"{recorder.endpoint}/openai", api_version="2024-10-01-preview"
+    )
+    assert up.headers.get("api-key") == "azure-key"
+    assert "Authorization" not in up.headers
+
+
+@pytest.mark.regression(fails_on=("1.4.6",))
+@pytest.mark.parametrize("cls_name", ["RealtimeModelBeta", "RealtimeModel"])
+async def test_azure_openai_endpoint_with_its_api_path_is_the_same_endpoint(
+    recorder: Recorder, monkeypatch: pytest.MonkeyPatch, cls_name: str
+) -> None:
+    monkeypatch.setenv("AZURE_OPENAI_ENDPOINT", f"{recorder.endpoint}/openai")
+    up = await _direct_upgrade(recorder, cls_name, api_key="k", api_version="2024-10-01-preview")
+    assert up.path == "/openai/realtime"
+
+
+@pytest.mark.regression(fails_on=("1.4.6",))
+@pytest.mark.parametrize("cls_name", ["RealtimeModelBeta", "RealtimeModel"])
+async def test_azure_base_url_under_a_gateway_prefix_gets_the_realtime_path(
+    recorder: Recorder, cls_name: str
+) -> None:
+    up = await _direct_upgrade(
+        recorder,
+        cls_name,
+        base_url=f"{recorder.endpoint}/gateway/openai",
+        api_key="k",
+        api_version="2024-10-01-preview",
+    )
+    assert up.path == "/gateway/openai/realtime"
+
+
 async def test_api_version_from_env_is_beta(
     recorder: Recorder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
