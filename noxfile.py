@@ -10,7 +10,7 @@ Sessions (``nox -l`` lists them):
   that every ``@pytest.mark.regression(fails_on=...)`` test naming that version fails.
 * ``tests_fork(rev='3c7303c'|'398142d'|'7e98677'|'5e7bc64'|'5c5e2fc'|'ebd793d'|'7850ebd')``: the same
   judging on the fork as built from ``patches/`` (and ``src/``) of an earlier commit, labelled
-  with that wheel's version (``1.4.6.post1`` to ``1.4.6.post7``).
+  with that wheel's version (``1.4.6.post1`` to ``1.4.6.post8``).
 * ``lint``: ruff and mypy (upstream settings) on the patched plugin sources and on our own code.
 * ``patches``: the series applies exactly with our applier; the exported complete series
   (``series``) applies with ``git am``; both trees and the built wheel's ``livekit/`` are equal.
@@ -71,7 +71,8 @@ UPSTREAM_VERSIONS = ["1.4.6", "1.4.3"]
 # landed before the conversation state machine (issue 14), 7e98677 the fork with it, 5e7bc64 the
 # fork before the series re-cut and the last perf work, 5c5e2fc the fork before the appended sync
 # read its new items in steps, ebd793d the fork before the replay kept what a sync may not know,
-# 7850ebd the fork before aclose() was bounded
+# 7850ebd the fork before aclose() was bounded, fc21a85 the fork before the Azure patches were
+# split and reviewed (a gateway prefix, Azure's own environment variables)
 FORK_REVS = {
     "3c7303c": "1.4.6.post1",
     "398142d": "1.4.6.post2",
@@ -80,6 +81,7 @@ FORK_REVS = {
     "5c5e2fc": "1.4.6.post5",
     "ebd793d": "1.4.6.post6",
     "7850ebd": "1.4.6.post7",
+    "fc21a85": "1.4.6.post8",
 }
 # forks whose GA runs are judged as an upstream version: 1.4.6.post1 left the GA session as 1.4.6's
 GA_JUDGED_AS = {"1.4.6.post1": "1.4.6"}

@@ -18,7 +18,7 @@ from livekit.plugins.openai import realtime
 from livekit.plugins.openai.realtime.realtime_model_beta import RealtimeModelBeta
 
 UNDER_TEST = os.environ.get("FORK_UNDER_TEST", "fork")
-FORK_VERSION = "1.4.6.post8"
+FORK_VERSION = "1.4.6.post9"
 
 
 def test_imports_from_site_packages_not_the_repo() -> None:
