@@ -83,32 +83,24 @@ async def _sync_and_replay(
         io.state.outcomes = []
 
     io._log_outcomes = _log_outcomes
-    turns = 0
-
-    async def _count_turns() -> None:
-        nonlocal turns
-        while True:
-            await asyncio.sleep(0)
-            turns += 1
-
-    counter = asyncio.create_task(_count_turns())
-    await asyncio.sleep(0)
-    start = turns
     slicer = loop_slicer.LoopSlicer()
     ctx = llm.ChatContext(items=list(local))
     connection = io.state.connection
-    plan = await loop_slicer.drain_sliced(io.state.sync_steps(ctx, since=since), slicer)
-    if plan:
-        await io._queue_plan(plan, slicer, connection)
+
+    async def _sync() -> None:
+        plan = await loop_slicer.drain_sliced(io.state.sync_steps(ctx, since=since), slicer)
+        if plan:
+            await io._queue_plan(plan, slicer, connection)
+
+    _, sync_turns = await _counting_turns(_sync())
     after_sync = _view_state(io.remote)
 
     async def _send(event: Any) -> None:
         sent.append(event)
 
     io.connection_lost()  # the next connection starts empty: the view is replayed on it
-    await io.replay(_send)
-    yielded = turns - start
-    counter.cancel()
+    _, replay_turns = await _counting_turns(io.replay(_send))
+    yielded = sync_turns + replay_turns
     await io.aclose()
     view = [r.item.id for r in io.remote]
 
