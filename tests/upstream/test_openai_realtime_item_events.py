@@ -75,13 +75,20 @@ def test_an_expired_event_takes_only_an_answer_no_live_event_waits_for() -> None
     assert events.confirmed("create", "item_a") is old and len(events) == 0
 
 
-def test_a_refusal_of_an_event_settled_in_place_of_an_expired_one_hands_it_back() -> None:
+def _answered_in_place_of_an_expired_event() -> tuple[PendingItemEvents, ItemEvent]:
+    """``ev_old`` creating ``item_a`` expired, then ``ev_new`` creating it was answered (though
+    the answer may be ``ev_old``'s); the books and ``ev_old``."""
     events = PendingItemEvents()
     gave_up = Batch()
     old = events.track(ItemEvent("create", "item_a", "ev_old", batch=gave_up))
     events.expire(gave_up, _error("timeout"))
     events.track(ItemEvent("create", "item_a", "ev_new", batch=Batch()))
     events.confirmed("create", "item_a")  # ev_new, though ev_old's answer it may be
+    return events, old
+
+
+def test_a_refusal_of_an_event_settled_in_place_of_an_expired_one_hands_it_back() -> None:
+    events, old = _answered_in_place_of_an_expired_event()
     assert events.taken_over("ev_new") is old  # the item is held: ev_old was answered
     assert len(events) == 0 and events.taken_over("ev_new") is None
 
@@ -135,13 +142,18 @@ def test_stored_counts_the_events_of_a_failed_batch_until_they_are_let_go() -> N
     assert events.stored() == 0 and other.done
 
 
-def test_an_event_id_tracked_again_after_its_batch_failed_is_the_new_event_only() -> None:
+def _tracked_again_after_a_failure(item_id: str) -> tuple[PendingItemEvents, ItemEvent, Batch]:
+    """``ev_1`` tracked for ``item_a`` in a batch that then failed, then for ``item_id``."""
     events = PendingItemEvents()
     failed = Batch()
     events.track(ItemEvent("create", "item_a", "ev_1", batch=failed))
     events.fail(_error("dropped"), batch=failed)
     waiting = Batch()
-    again = events.track(ItemEvent("create", "item_b", "ev_1", batch=waiting))
+    return events, events.track(ItemEvent("create", item_id, "ev_1", batch=waiting)), waiting
+
+
+def test_an_event_id_tracked_again_after_its_batch_failed_is_the_new_event_only() -> None:
+    events, again, waiting = _tracked_again_after_a_failure("item_b")
     # the failed event's queue entry leaves the books, and takes nothing of the new one
     assert not events.live("create", "item_a")
     assert events.get("ev_1") is again and len(events) == 1 and events.stored() == 1
@@ -151,12 +163,7 @@ def test_an_event_id_tracked_again_after_its_batch_failed_is_the_new_event_only(
 
 
 def test_an_event_id_tracked_again_for_the_same_item_after_its_batch_failed() -> None:
-    events = PendingItemEvents()
-    failed = Batch()
-    events.track(ItemEvent("create", "item_a", "ev_1", batch=failed))
-    events.fail(_error("dropped"), batch=failed)
-    waiting = Batch()
-    again = events.track(ItemEvent("create", "item_a", "ev_1", batch=waiting))
+    events, again, waiting = _tracked_again_after_a_failure("item_a")
     assert events.confirmed("create", "item_a") is again and waiting.done
     assert not events.live("create", "item_a") and events.confirmed("create", "item_a") is None
     assert len(events) == 0 and events.stored() == 0
@@ -174,12 +181,7 @@ def test_an_event_id_still_pending_is_not_tracked_again() -> None:
 
 
 def test_a_refusal_of_an_event_id_tracked_again_is_the_new_event_s_own() -> None:
-    events = PendingItemEvents()
-    gave_up = Batch()
-    old = events.track(ItemEvent("create", "item_a", "ev_old", batch=gave_up))
-    events.expire(gave_up, _error("timeout"))
-    events.track(ItemEvent("create", "item_a", "ev_new", batch=Batch()))
-    events.confirmed("create", "item_a")  # ev_new, though ev_old's answer it may be
+    events, old = _answered_in_place_of_an_expired_event()
     waiting = Batch()
     again = events.track(ItemEvent("delete", "item_b", "ev_new", batch=waiting))
     # the refusal names the event tracked last with that id: it hands nothing back
