@@ -1,0 +1,88 @@
+"""A server event about an item a sync completes, landing between two steps of that sync.
+
+A sync whose context holds the text of a server-made item of unknown content (a voice turn
+whose transcript is pending, a reply not ended yet) records that text as the item's content
+(``SyncPlan.held``). Unsliced, the service's transcript or reply end lands before the sync (the
+item is then known, the sync leaves it) or after it (its content replaces the context's): the
+view holds the service's content either way. Sliced, the same event may land between the step
+that planned the item as held and the step that completes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from livekit.agents import llm
+
+conversation = pytest.importorskip(
+    "livekit.plugins.openai.realtime.conversation",
+    reason="the fork's modules are not in this build (pristine upstream)",
+)
+
+N = 100  # past a few steps of the held loop (``STEP_ITEMS`` each)
+TARGET = "s90"  # completed in a later step than the one that plans it
+
+
+def _state(role: str) -> tuple[Any, llm.ChatContext]:
+    """N server-made items of unknown content, and a context that holds text for each."""
+    state = conversation.ConversationState(protocol="realtime", images=False)
+    prev = None
+    for k in range(N):
+        item_id = f"s{k}"
+        state.item_added(
+            item_id,
+            prev,
+            lambda item_id=item_id: llm.ChatMessage(id=item_id, role=role, content=[]),
+        )
+        prev = item_id
+    local = [llm.ChatMessage(id=f"s{k}", role=role, content=[f"local {k}"]) for k in range(N)]
+    return state, llm.ChatContext(items=local)
+
+
+def _transcript(state: Any) -> None:
+    state.transcript(TARGET, "the service's transcript", 0.9)
+
+
+def _reply_end(state: Any) -> None:
+    state.reply_done(TARGET, "the service's transcript", audio=True)
+
+
+EVENTS: dict[str, tuple[str, Callable[[Any], None]]] = {
+    "transcript": ("user", _transcript),
+    "reply end": ("assistant", _reply_end),
+}
+
+
+def _run(role: str, event: Callable[[Any], None], at: int | None) -> tuple[int, str]:
+    """The sync's steps, and the target's text after the sync with ``event`` landing before
+    step ``at`` (None: after the sync)."""
+    state, ctx = _state(role)
+    steps = state.sync_steps(ctx, since=state.remote.revision)
+    n = 0
+    while True:
+        if n == at:
+            event(state)
+        try:
+            next(steps)
+        except StopIteration:
+            break
+        n += 1
+    if at is None:
+        event(state)
+    remote = state.remote.get(TARGET)
+    assert remote is not None
+    return n, remote.item.text_content or ""
+
+
+@pytest.mark.parametrize("kind", list(EVENTS))
+def test_an_event_between_two_steps_leaves_the_content_an_unsliced_sync_leaves(kind: str) -> None:
+    """Wherever the event lands, the item holds the service's content, as unsliced."""
+    role, event = EVENTS[kind]
+    steps, after = _run(role, event, None)
+    _, before = _run(role, event, 0)
+    assert after == before == "the service's transcript"
+    differs = [at for at in range(steps + 1) if _run(role, event, at)[1] != after]
+    assert differs == [], f"{len(differs)} of {steps + 1} places leave the context's text"
