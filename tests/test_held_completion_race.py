@@ -38,7 +38,9 @@ def _state(role: str) -> tuple[Any, llm.ChatContext]:
             lambda item_id=item_id: llm.ChatMessage(id=item_id, role=role, content=[]),
         )
         prev = item_id
-    local = [llm.ChatMessage(id=f"s{k}", role=role, content=[f"local {k}"]) for k in range(N)]
+    local: list[llm.ChatItem] = [
+        llm.ChatMessage(id=f"s{k}", role=role, content=[f"local {k}"]) for k in range(N)
+    ]
     return state, llm.ChatContext(items=local)
 
 
