@@ -88,3 +88,53 @@ def test_an_event_between_two_steps_leaves_the_content_an_unsliced_sync_leaves(k
     assert after == before == "the service's transcript"
     differs = [at for at in range(steps + 1) if _run(role, event, at)[1] != after]
     assert differs == [], f"{len(differs)} of {steps + 1} places leave the context's text"
+
+
+def _spoken_replies() -> tuple[Any, llm.ChatContext]:
+    """N spoken replies of the service whose end has not arrived, the context holds their text."""
+    state, ctx = _state("assistant")
+    for r in state.remote:
+        r.audio = True
+    return state, ctx
+
+
+def _replay(state: Any) -> tuple[int, int]:
+    """The connection drops and the view is replayed: the creates sent, the items lost."""
+    item_events = pytest.importorskip("livekit.plugins.openai.realtime.item_events")
+    state.connection_lost()
+    creates = [op for op in state.replay_steps(item_events.Batch()) if op is not None]
+    lost = [o for o in state.outcomes if o.kind == "lost"]
+    return len(creates), len(lost[0].item_ids) if lost else 0
+
+
+def _sync_with_replay_at(at: int | None) -> tuple[int, tuple[int, int]]:
+    state, ctx = _spoken_replies()
+    steps = state.sync_steps(ctx, since=state.remote.revision)
+    n, replayed = 0, None
+    while True:
+        if n == at:
+            replayed = _replay(state)
+        try:
+            next(steps)
+        except StopIteration:
+            break
+        n += 1
+    if at is None:
+        replayed = _replay(state)
+    assert replayed is not None
+    return n, replayed
+
+
+def test_a_replay_between_two_steps_of_a_sync_replays_what_an_unsliced_order_does() -> None:
+    """A drop lands while a sync takes the context's text as the content of N spoken replies:
+    unsliced, the replay finds all of them known (the sync ran first: N creates) or none (the
+    replay ran first: all lost); never a part of them lost (f816817 yields mid-completions)."""
+    steps, after = _sync_with_replay_at(None)
+    _, before = _sync_with_replay_at(0)
+    assert (after, before) == ((N, 0), (0, N))
+    mixed = {
+        at: replayed
+        for at in range(steps + 1)
+        if (replayed := _sync_with_replay_at(at)[1]) not in (after, before)
+    }
+    assert mixed == {}
