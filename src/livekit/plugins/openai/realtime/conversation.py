@@ -25,6 +25,7 @@ What the state guarantees:
 from __future__ import annotations
 
 import itertools
+from collections import deque
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Literal
@@ -123,6 +124,8 @@ class ConversationState:
         # replies and calls the service ended before it reported the item (GA may do so)
         self._ended_early: dict[str, tuple[llm.ChatItem, bool]] = {}
         self._unconfirmed: set[str] = set()  # ids a replay re-creates, until held again
+        # local copies of held items a sync planned and has not completed yet
+        self._completions: deque[llm.ChatItem] = deque()
         # while a replay's operations are still being built: its creates are not all tracked
         self._replay_building = False
 
@@ -180,12 +183,12 @@ class ConversationState:
         The local copies of items the sync keeps become their known content.
         """
         plan = yield from plan_sync_steps(self.remote, items, since=since)
-        # each completion is one item's own (a server event between two steps finds every
-        # item either completed or not, as it would before or after an unsliced loop)
-        for n, held in enumerate(plan.held, 1):
-            if n % STEP_ITEMS == 0:
-                yield
-            self.remote.complete(held.id, held)
+        self._completions.extend(plan.held)
+        try:
+            yield from self._complete_steps()
+        except GeneratorExit:
+            self._completions.clear()  # a sync given up: what it did not complete stays unknown
+            raise
         # replayed items the service never confirmed and the context no longer holds: gone
         if self._unconfirmed:
             wanted: set[str] = set()
@@ -207,6 +210,25 @@ class ConversationState:
                     self.remote.remove(item_id)
                     self._unconfirmed.discard(item_id)
         return plan
+
+    def _complete_steps(self) -> Steps[None]:
+        """Complete the held items a sync planned, in steps (each completion is one item's own).
+
+        An item whose content became known meanwhile (its transcript or its reply's end came
+        between two steps) keeps what the service said, as it would had the sync run before
+        that event; a replay that begins between two steps completes the rest first (see
+        :meth:`replay_steps`), as it would had the sync run unsliced before it.
+        """
+        pending = self._completions
+        done = 0
+        while pending:
+            held = pending.popleft()
+            r = self.remote.get(held.id)
+            if r is not None and r.known_at is None:
+                self.remote.complete(held.id, held)
+            done += 1
+            if done % STEP_ITEMS == 0 and pending:
+                yield
 
     def operations(self, plan: SyncPlan, batch: Batch) -> Iterator[Operation]:
         """The operations of ``plan``, each tracked in ``batch``: deletes, then each run last
@@ -293,6 +315,8 @@ class ConversationState:
         self.replay = batch
         self._replay_building = True
         try:
+            # a sync's completions still to do come first, as if it had run unsliced
+            yield from self._complete_steps()
             yield from self._replay_operations(batch)
         finally:
             self._replay_building = False
