@@ -1,0 +1,71 @@
+"""A sync given up mid-completion, closed only once its frame is freed, while a later sync completes.
+
+``ChatSyncIO.update_chat_ctx`` runs a sync's steps through ``drain_sliced``, which does not
+close them when the task is cancelled: the generator stays suspended until the
+``CancelledError``'s traceback is freed, then its finaliser throws ``GeneratorExit`` in, at
+whatever step a later sync has reached. Unsliced, a sync cannot be cancelled mid-completion and
+a later sync completes every item it holds.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from livekit.agents import llm
+
+conversation = pytest.importorskip(
+    "livekit.plugins.openai.realtime.conversation",
+    reason="the fork's modules are not in this build (pristine upstream)",
+)
+
+N = 100  # a few steps of the held loop (``STEP_ITEMS`` each)
+
+
+def _state() -> Any:
+    """N server-made voice turns whose transcripts have not arrived."""
+    state = conversation.ConversationState(protocol="realtime", images=False)
+    prev = None
+    for k in range(N):
+        item_id = f"s{k}"
+        state.item_added(
+            item_id,
+            prev,
+            lambda item_id=item_id: llm.ChatMessage(id=item_id, role="user", content=[]),
+        )
+        prev = item_id
+    return state
+
+
+def _ctx(tag: str) -> llm.ChatContext:
+    items: list[llm.ChatItem] = [
+        llm.ChatMessage(id=f"s{k}", role="user", content=[f"{tag} {k}"]) for k in range(N)
+    ]
+    return llm.ChatContext(items=items)
+
+
+def _unknown(state: Any) -> int:
+    return sum(1 for r in state.remote if r.known_at is None)
+
+
+def _until_completing(steps: Any, state: Any) -> None:
+    """Step ``steps`` until it has completed some of the items still unknown, not all."""
+    before = _unknown(state)
+    while _unknown(state) == before:
+        next(steps)
+    assert 0 < _unknown(state) < before
+
+
+def test_closing_a_given_up_sync_leaves_a_later_syncs_completions() -> None:
+    """Sync A is given up mid-completion; sync B holds the rest; A's generator is finalised
+    while B completes: B still completes every item it holds."""
+    state = _state()
+    first = state.sync_steps(_ctx("A"), since=state.remote.revision)
+    _until_completing(first, state)
+    later = state.sync_steps(_ctx("B"), since=state.remote.revision)
+    _until_completing(later, state)
+    first.close()  # the finaliser, once the cancelled task's traceback is freed
+    for _ in later:
+        pass
+    assert _unknown(state) == 0
