@@ -69,3 +69,25 @@ def test_closing_a_given_up_sync_leaves_a_later_syncs_completions() -> None:
     for _ in later:
         pass
     assert _unknown(state) == 0
+
+
+def test_a_replay_after_a_sync_given_up_mid_completion_replays_what_an_unsliced_order_does() -> (
+    None
+):
+    """N spoken replies whose end has not arrived; the sync taking the context's text as their
+    content is given up (closed) mid-completion, then the connection drops. Unsliced, a sync is
+    given up before its completions or after them: the replay loses all N or re-creates all N,
+    never a part of them."""
+    item_events = pytest.importorskip("livekit.plugins.openai.realtime.item_events")
+    state = _state()
+    for r in state.remote:
+        r.audio = True
+        r.item.role = "assistant"
+    steps = state.sync_steps(_ctx("A"), since=state.remote.revision)
+    _until_completing(steps, state)
+    steps.close()
+    state.connection_lost()
+    creates = [op for op in state.replay_steps(item_events.Batch()) if op is not None]
+    lost = [o for o in state.outcomes if o.kind == "lost"]
+    outcome = (len(creates), len(lost[0].item_ids) if lost else 0)
+    assert outcome in ((N, 0), (0, N))
