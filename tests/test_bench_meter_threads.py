@@ -1,9 +1,10 @@
-"""The bench's callback figure with a collection in another thread (scripted clocks, nothing timed).
+"""The bench's callback figure with a collection in another thread (scripted clocks, nothing
+timed).
 
 The bench reads its pipe to the server's process in ``asyncio.to_thread``: a collection may run
 in that worker while a callback runs on the loop (the collector's finalisers run Python code, and
-the worker hands the GIL over to the loop's thread during them). ``GcMeter`` counts every
-collection, whichever thread runs it; ``CallbackMeter`` takes it out of the loop's callback.
+the worker hands the GIL over to the loop's thread during them). ``GcMeter`` counts each
+collection for the thread that ran it; ``CallbackMeter`` takes out only its own thread's.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ def _meter(
     )
     monkeypatch.setattr(bench, "time", fake)
     monkeypatch.setattr(bench, "_switches", lambda: (0, 0))  # neither blocked nor preempted
+    # the thread running is the one the clocks say
+    monkeypatch.setattr(bench, "threading", types.SimpleNamespace(get_ident=lambda: clocks.thread))
     monkeypatch.setattr(asyncio.events.Handle, "_run", asyncio.events.Handle._run)
     return bench.CallbackMeter(), clocks
 

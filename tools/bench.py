@@ -45,6 +45,7 @@ import os
 import platform
 import statistics
 import sys
+import threading
 import time
 import tracemalloc
 from collections.abc import Callable, Sequence
@@ -356,24 +357,33 @@ class ServerProcess:
 
 class GcMeter:
     """The pauses of the cyclic garbage collector while active: process-wide, so reported on
-    their own and not charged to the callback they fell in (``CallbackMeter``)."""
+    their own and not charged to the callback they fell in (``CallbackMeter``), each counted
+    for the thread that collected (another thread's collection is no loop callback's)."""
 
     def __init__(self) -> None:
-        self.total = 0.0  # seconds of collection since the meter was created (wall)
-        self.total_cpu = 0.0  # the same in the collecting thread's CPU time
+        # thread -> [wall s, its CPU s] of collection since the meter was created
+        self._spent: dict[int, list[float]] = {}
+        self._started: dict[int, tuple[float, float]] = {}
         self.longest = (0.0, -1)  # (seconds, generation) while active
-        self._start = 0.0
-        self._start_cpu = 0.0
         self._active = False
         gc.callbacks.append(self._callback)
 
+    def spent(self, thread: int) -> tuple[float, float]:
+        """Seconds of collection by ``thread`` so far: wall time, and its CPU time."""
+        wall, cpu = self._spent.get(thread, (0.0, 0.0))
+        return wall, cpu
+
     def _callback(self, phase: str, info: dict[str, Any]) -> None:
+        thread = threading.get_ident()
         if phase == "start":
-            self._start, self._start_cpu = time.perf_counter(), time.thread_time()
+            self._started[thread] = (time.perf_counter(), time.thread_time())
             return
-        pause = time.perf_counter() - self._start
-        self.total += pause
-        self.total_cpu += time.thread_time() - self._start_cpu
+        if (started := self._started.pop(thread, None)) is None:
+            return
+        pause = time.perf_counter() - started[0]
+        spent = self._spent.setdefault(thread, [0.0, 0.0])
+        spent[0] += pause
+        spent[1] += time.thread_time() - started[1]
         if self._active and pause > self.longest[0]:
             self.longest = (pause, int(info["generation"]))
 
@@ -429,15 +439,18 @@ class CallbackMeter:
                 original(handle)
                 return
             label = _label(handle)  # before the run: a callback may cancel its own handle
-            gc_wall, gc_cpu = GC_METER.total, GC_METER.total_cpu
+            thread = threading.get_ident()
+            gc_wall, gc_cpu = GC_METER.spent(thread)
             voluntary, involuntary = _switches()
             t0, c0 = time.perf_counter(), time.thread_time()
             try:
                 original(handle)
             finally:
-                # a pause is taken out in its own clock: a preempted one takes no CPU out
-                wall = time.perf_counter() - t0 - (GC_METER.total - gc_wall)
-                cpu = time.thread_time() - c0 - (GC_METER.total_cpu - gc_cpu)
+                # this thread's pauses are taken out, each in its own clock: a preempted one
+                # takes no CPU out
+                gc_wall_after, gc_cpu_after = GC_METER.spent(thread)
+                wall = time.perf_counter() - t0 - (gc_wall_after - gc_wall)
+                cpu = time.thread_time() - c0 - (gc_cpu_after - gc_cpu)
                 voluntary_after, involuntary_after = _switches()
                 preempted = involuntary_after > involuntary and voluntary_after == voluntary
                 own = cpu if preempted else wall

@@ -182,13 +182,11 @@ class ConversationState:
 
         The local copies of items the sync keeps become their known content.
         """
+        # a sync given up mid-way left completions: they are its plan's, made before this one
+        yield from self._complete_steps()
         plan = yield from plan_sync_steps(self.remote, items, since=since)
         self._completions.extend(plan.held)
-        try:
-            yield from self._complete_steps()
-        except GeneratorExit:
-            self._completions.clear()  # a sync given up: what it did not complete stays unknown
-            raise
+        yield from self._complete_steps()
         # replayed items the service never confirmed and the context no longer holds: gone
         if self._unconfirmed:
             wanted: set[str] = set()
@@ -217,7 +215,8 @@ class ConversationState:
         An item whose content became known meanwhile (its transcript or its reply's end came
         between two steps) keeps what the service said, as it would had the sync run before
         that event; a replay that begins between two steps completes the rest first (see
-        :meth:`replay_steps`), as it would had the sync run unsliced before it.
+        :meth:`replay_steps`), as it would had the sync run unsliced before it, and so does the
+        next sync when this one was given up: its plan was made, only its events were not sent.
         """
         pending = self._completions
         done = 0
