@@ -79,6 +79,7 @@ def _run(role: str, event: Callable[[Any], None], at: int | None) -> tuple[int, 
     return n, remote.item.text_content or ""
 
 
+@pytest.mark.regression(fails_on=("1.4.6.post8",))
 @pytest.mark.parametrize("kind", list(EVENTS))
 def test_an_event_between_two_steps_leaves_the_content_an_unsliced_sync_leaves(kind: str) -> None:
     """Wherever the event lands, the item holds the service's content, as unsliced."""

@@ -44,6 +44,7 @@ CHAT_CTX_SYNC_TIMEOUT = 5.0
 _ORDERED_EVENTS = ("response.create", "session.update")
 # connections a sync may be planned on before a drop fails it
 _SYNC_ATTEMPTS = 3
+_DROPPED_DURING_SYNC = "the connection to the realtime service closed during the sync"
 # generate_reply gives up when the service has not created the response this long after the
 # request went out (upstream's timeout, counted from when it leaves the queue of held requests)
 GENERATE_REPLY_TIMEOUT = 5.0
@@ -152,6 +153,12 @@ class ChatSyncIO:
                     slicer = LoopSlicer()
                     plan = await drain_sliced(self.state.sync_steps(chat_ctx, since=since), slicer)
                     self._log_outcomes()
+                    if self.state.connection != connection and not self._closed():
+                        # the connection dropped while the plan was made: it was made for a
+                        # conversation the replay changed (an item it lost is still in it)
+                        if attempt == _SYNC_ATTEMPTS:
+                            raise ChatContextSyncError(_DROPPED_DURING_SYNC)
+                        continue
                     batch = await self._queue_plan(plan, slicer, connection) if plan else None
                     self._close_sync(ticket)
                     if batch is None:
@@ -232,9 +239,7 @@ class ChatSyncIO:
                 # the connection dropped while the plan was made or its events were built: the
                 # rest was made for a conversation the next connection will not have
                 self.events.fail(
-                    ChatContextSyncError(
-                        "the connection to the realtime service closed during the sync"
-                    ),
+                    ChatContextSyncError(_DROPPED_DURING_SYNC),
                     batch=batch,
                 )
                 # tracked, never queued: nothing will ask whether it may go out
