@@ -67,7 +67,9 @@ def _answer(io: Any, events: list[Any]) -> None:
     for ev in events:
         if getattr(ev, "type", None) == "conversation.item.create":
             item = ev.item
-            io.item_created(item.id, ev.previous_item_id, lambda: llm.ChatMessage(role="user", content=[]))
+            io.item_created(
+                item.id, ev.previous_item_id, lambda: llm.ChatMessage(role="user", content=[])
+            )
     events.clear()
 
 
