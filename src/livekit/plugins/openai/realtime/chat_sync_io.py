@@ -143,6 +143,8 @@ class ChatSyncIO:
         """
         ticket = self._open_sync()
         try:
+            # a given-up sync's completions are older than ``chat_ctx``: done before ``since``
+            await drain_sliced(self.state.complete_steps(), LoopSlicer())
             since = self.remote.revision  # what becomes known from now on, chat_ctx cannot hold
             async with self._lock:
                 for attempt in range(1, _SYNC_ATTEMPTS + 1):

@@ -182,11 +182,13 @@ class ConversationState:
 
         The local copies of items the sync keeps become their known content.
         """
-        # a sync given up mid-way left completions: they are its plan's, made before this one
-        yield from self._complete_steps()
+        # a sync given up mid-way left completions (the caller completes them before it takes
+        # ``since``, see ``ChatSyncIO.update_chat_ctx``; those left since come from a sync that
+        # ran after it began, as in an unsliced order)
+        yield from self.complete_steps()
         plan = yield from plan_sync_steps(self.remote, items, since=since)
         self._completions.extend(plan.held)
-        yield from self._complete_steps()
+        yield from self.complete_steps()
         # replayed items the service never confirmed and the context no longer holds: gone
         if self._unconfirmed:
             wanted: set[str] = set()
@@ -209,14 +211,15 @@ class ConversationState:
                     self._unconfirmed.discard(item_id)
         return plan
 
-    def _complete_steps(self) -> Steps[None]:
+    def complete_steps(self) -> Steps[None]:
         """Complete the held items a sync planned, in steps (each completion is one item's own).
 
         An item whose content became known meanwhile (its transcript or its reply's end came
         between two steps) keeps what the service said, as it would had the sync run before
         that event; a replay that begins between two steps completes the rest first (see
         :meth:`replay_steps`), as it would had the sync run unsliced before it, and so does the
-        next sync when this one was given up: its plan was made, only its events were not sent.
+        next sync when this one was given up (its plan was made, only its events were not sent),
+        before it takes the revision it plans from.
         """
         pending = self._completions
         done = 0
@@ -315,7 +318,7 @@ class ConversationState:
         self._replay_building = True
         try:
             # a sync's completions still to do come first, as if it had run unsliced
-            yield from self._complete_steps()
+            yield from self.complete_steps()
             yield from self._replay_operations(batch)
         finally:
             self._replay_building = False
