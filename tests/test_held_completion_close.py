@@ -20,29 +20,20 @@ conversation = pytest.importorskip(
     reason="the fork's modules are not in this build (pristine upstream)",
 )
 
+from state_helpers import text_ctx, unknown_server_items  # noqa: E402
+
 N = 100  # a few steps of the held loop (``STEP_ITEMS`` each)
 
 
 def _state() -> Any:
     """N server-made voice turns whose transcripts have not arrived."""
     state = conversation.ConversationState(protocol="realtime", images=False)
-    prev = None
-    for k in range(N):
-        item_id = f"s{k}"
-        state.item_added(
-            item_id,
-            prev,
-            lambda item_id=item_id: llm.ChatMessage(id=item_id, role="user", content=[]),
-        )
-        prev = item_id
+    unknown_server_items(state, N, "user")
     return state
 
 
 def _ctx(tag: str) -> llm.ChatContext:
-    items: list[llm.ChatItem] = [
-        llm.ChatMessage(id=f"s{k}", role="user", content=[f"{tag} {k}"]) for k in range(N)
-    ]
-    return llm.ChatContext(items=items)
+    return text_ctx("user", tag, range(N))
 
 
 def _unknown(state: Any) -> int:

@@ -22,6 +22,8 @@ conversation = pytest.importorskip(
     reason="the fork's modules are not in this build (pristine upstream)",
 )
 
+from state_helpers import text_ctx, unknown_server_items  # noqa: E402
+
 N = 100  # past a few steps of the held loop (``STEP_ITEMS`` each)
 TARGET = "s90"  # completed in a later step than the one that plans it
 
@@ -29,19 +31,8 @@ TARGET = "s90"  # completed in a later step than the one that plans it
 def _state(role: str) -> tuple[Any, llm.ChatContext]:
     """N server-made items of unknown content, and a context that holds text for each."""
     state = conversation.ConversationState(protocol="realtime", images=False)
-    prev = None
-    for k in range(N):
-        item_id = f"s{k}"
-        state.item_added(
-            item_id,
-            prev,
-            lambda item_id=item_id: llm.ChatMessage(id=item_id, role=role, content=[]),
-        )
-        prev = item_id
-    local: list[llm.ChatItem] = [
-        llm.ChatMessage(id=f"s{k}", role=role, content=[f"local {k}"]) for k in range(N)
-    ]
-    return state, llm.ChatContext(items=local)
+    unknown_server_items(state, N, role)
+    return state, text_ctx(role, "local", range(N))
 
 
 def _transcript(state: Any) -> None:
@@ -58,22 +49,29 @@ EVENTS: dict[str, tuple[str, Callable[[Any], None]]] = {
 }
 
 
-def _run(role: str, event: Callable[[Any], None], at: int | None) -> tuple[int, str]:
-    """The sync's steps, and the target's text after the sync with ``event`` landing before
-    step ``at`` (None: after the sync)."""
-    state, ctx = _state(role)
+def _sync_with(state: Any, ctx: llm.ChatContext, event: Callable[[], Any], at: int | None) -> int:
+    """Sync ``ctx`` on ``state`` with ``event()`` before step ``at`` (None: after the sync);
+    the sync's steps."""
     steps = state.sync_steps(ctx, since=state.remote.revision)
     n = 0
     while True:
         if n == at:
-            event(state)
+            event()
         try:
             next(steps)
         except StopIteration:
             break
         n += 1
     if at is None:
-        event(state)
+        event()
+    return n
+
+
+def _run(role: str, event: Callable[[Any], None], at: int | None) -> tuple[int, str]:
+    """The sync's steps, and the target's text after the sync with ``event`` landing before
+    step ``at`` (None: after the sync)."""
+    state, ctx = _state(role)
+    n = _sync_with(state, ctx, lambda: event(state), at)
     remote = state.remote.get(TARGET)
     assert remote is not None
     return n, remote.item.text_content or ""
@@ -110,20 +108,10 @@ def _replay(state: Any) -> tuple[int, int]:
 
 def _sync_with_replay_at(at: int | None) -> tuple[int, tuple[int, int]]:
     state, ctx = _spoken_replies()
-    steps = state.sync_steps(ctx, since=state.remote.revision)
-    n, replayed = 0, None
-    while True:
-        if n == at:
-            replayed = _replay(state)
-        try:
-            next(steps)
-        except StopIteration:
-            break
-        n += 1
-    if at is None:
-        replayed = _replay(state)
-    assert replayed is not None
-    return n, replayed
+    replayed: list[tuple[int, int]] = []
+    n = _sync_with(state, ctx, lambda: replayed.append(_replay(state)), at)
+    assert len(replayed) == 1
+    return n, replayed[0]
 
 
 def test_a_replay_between_two_steps_of_a_sync_replays_what_an_unsliced_order_does() -> None:

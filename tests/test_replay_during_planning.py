@@ -16,61 +16,13 @@ from typing import Any
 
 import pytest
 
-from livekit.agents import llm
-
-chat_sync_io = pytest.importorskip(
-    "livekit.plugins.openai.realtime.chat_sync_io",
+loop_slicer = pytest.importorskip(
+    "livekit.plugins.openai.realtime.loop_slicer",
     reason="the fork's modules are not in this build (pristine upstream)",
 )
-conversation = pytest.importorskip("livekit.plugins.openai.realtime.conversation")
-loop_slicer = pytest.importorskip("livekit.plugins.openai.realtime.loop_slicer")
-realtime_model = pytest.importorskip("livekit.plugins.openai.realtime.realtime_model")
-realtime_model_beta = pytest.importorskip("livekit.plugins.openai.realtime.realtime_model_beta")
+from state_helpers import answer, spoken_replies_io, text_ctx  # noqa: E402
 
 N = 100  # a few steps of planning (``STEP_ITEMS`` each)
-WIRE = {"preview": realtime_model_beta, "ga": realtime_model}
-
-
-def _runner(protocol: str, queued: list[Any]) -> Any:
-    """A ChatSyncIO on a connected session whose view holds N spoken replies of the service
-    whose end has not arrived."""
-    images = protocol == "ga"
-    io = chat_sync_io.ChatSyncIO(
-        protocol=protocol,
-        images=images,
-        warned=set(),
-        queue_event=queued.append,
-        wire_event=WIRE[protocol]._wire_event,
-        closed=lambda: False,
-    )
-    ids = itertools.count()
-    io.state = conversation.ConversationState(
-        protocol=protocol, images=images, new_event_id=lambda prefix: f"{prefix}{next(ids)}"
-    )
-    prev = None
-    for k in range(N):
-        item_id = f"s{k}"
-        io.state.item_added(
-            item_id,
-            prev,
-            lambda item_id=item_id: llm.ChatMessage(id=item_id, role="assistant", content=[]),
-        )
-        prev = item_id
-    for r in io.state.remote:
-        r.audio = True
-    io.connected()
-    return io
-
-
-def _answer(io: Any, events: list[Any]) -> None:
-    """The service creates every item of the create events in ``events``."""
-    for ev in events:
-        if getattr(ev, "type", None) == "conversation.item.create":
-            item = ev.item
-            io.item_created(
-                item.id, ev.previous_item_id, lambda: llm.ChatMessage(role="user", content=[])
-            )
-    events.clear()
 
 
 async def _sync_with_a_drop_after(protocol: str, turns: int) -> tuple[int, int] | None:
@@ -78,12 +30,8 @@ async def _sync_with_a_drop_after(protocol: str, turns: int) -> tuple[int, int] 
     interrupt after ``turns`` turns of the event loop, and those of the context; None when the
     sync was done before."""
     queued: list[Any] = []
-    io = _runner(protocol, queued)
-    ctx = llm.ChatContext(
-        items=[
-            llm.ChatMessage(id=f"s{k}", role="assistant", content=[f"said {k}"]) for k in range(N)
-        ]
-    )
+    io = spoken_replies_io(protocol, queued, N)
+    ctx = text_ctx("assistant", "said", range(N))
     task = asyncio.create_task(io.update_chat_ctx(ctx))
     for _ in range(turns):
         await asyncio.sleep(0)
@@ -97,10 +45,10 @@ async def _sync_with_a_drop_after(protocol: str, turns: int) -> tuple[int, int] 
         sent.append(event)
 
     await io.replay(_send)
-    _answer(io, sent)  # the replay is answered: the connection is ready for syncs again
+    answer(io, sent)  # the replay is answered: the connection is ready for syncs again
     while not task.done():
         await asyncio.sleep(0)
-        _answer(io, queued)
+        answer(io, queued)
     await task
     view = len(list(io.state.remote))
     await io.aclose()
