@@ -197,12 +197,18 @@ def _end(events: PendingItemEvents, batch: Batch, how: str) -> None:
         events.expire(batch, _error("timeout"))
 
 
-@pytest.mark.parametrize("how", ["fail", "expire"])
-def test_a_batch_failed_or_expired_takes_no_more_events(how: str) -> None:
+def _batch_of_one_event_ended(how: str) -> tuple[PendingItemEvents, Batch]:
+    """A batch that tracked ``ev_1`` and then failed or expired (``how``), and its books."""
     events = PendingItemEvents()
     batch = Batch()
     events.track(ItemEvent("create", "item_a", "ev_1", batch=batch))
     _end(events, batch, how)
+    return events, batch
+
+
+@pytest.mark.parametrize("how", ["fail", "expire"])
+def test_a_batch_failed_or_expired_takes_no_more_events(how: str) -> None:
+    events, batch = _batch_of_one_event_ended(how)
     with contextlib.suppress(ValueError):
         events.track(ItemEvent("create", "item_b", "ev_2", batch=batch))
     # its caller had its answer: the batch stays done, with its one event
@@ -215,10 +221,7 @@ def test_a_batch_failed_or_expired_takes_no_more_events(how: str) -> None:
 
 @pytest.mark.parametrize("how", ["fail", "expire"])
 def test_a_batch_ended_before_fail_steps_and_again_after_never_goes_below_zero(how: str) -> None:
-    events = PendingItemEvents()
-    batch = Batch()
-    events.track(ItemEvent("create", "item_a", "ev_1", batch=batch))
-    _end(events, batch, how)
+    events, batch = _batch_of_one_event_ended(how)
     steps = events.fail_steps(_error("closed"))
     next(steps)  # ev_1 is out of the books, not settled yet
     with contextlib.suppress(ValueError):
