@@ -166,7 +166,8 @@ class PendingItemEvents:
         if ev.batch is not None and ev.batch.ended:
             # its caller read the batch's answer already: one more event would undo ``done``
             raise ValueError(f"item event {ev.event_id!r}: its batch failed or expired")
-        # a failed event stored under the id leaves the books first, as :meth:`fail` did it
+        # ``get`` lets go a failed event still stored under the id (as :meth:`fail` did); a
+        # pending one is refused
         if self.get(ev.event_id) is not None:
             raise ValueError(f"item event {ev.event_id!r} is tracked already and still pending")
         stale = self._detached.get(ev.event_id)
