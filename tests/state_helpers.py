@@ -48,9 +48,8 @@ def text_ctx(role: str, text: str, ks: Iterable[int]) -> llm.ChatContext:
     return llm.ChatContext(items=items)
 
 
-def spoken_replies_io(protocol: str, queued: list[Any], n: int) -> Any:
-    """A ChatSyncIO on a connected session of ``protocol`` whose view holds ``n`` spoken replies
-    of the service whose end has not arrived; the events it queues go to ``queued``."""
+def chat_sync_io_runner(protocol: str, queued: list[Any]) -> Any:
+    """A ``ChatSyncIO`` of ``protocol`` queueing into ``queued``, with numbered event ids."""
     images = protocol == "ga"
     io = chat_sync_io.ChatSyncIO(
         protocol=protocol,
@@ -64,6 +63,13 @@ def spoken_replies_io(protocol: str, queued: list[Any], n: int) -> Any:
     io.state = conversation.ConversationState(
         protocol=protocol, images=images, new_event_id=lambda prefix: f"{prefix}{next(ids)}"
     )
+    return io
+
+
+def spoken_replies_io(protocol: str, queued: list[Any], n: int) -> Any:
+    """A ChatSyncIO on a connected session of ``protocol`` whose view holds ``n`` spoken replies
+    of the service whose end has not arrived; the events it queues go to ``queued``."""
+    io = chat_sync_io_runner(protocol, queued)
     unknown_server_items(io.state, n, "assistant", audio=True)
     io.connected()
     return io

@@ -31,30 +31,10 @@ conversation = pytest.importorskip("livekit.plugins.openai.realtime.conversation
 item_events = pytest.importorskip("livekit.plugins.openai.realtime.item_events")
 chat_sync_io = pytest.importorskip("livekit.plugins.openai.realtime.chat_sync_io")
 
-from livekit.plugins.openai.realtime import realtime_model, realtime_model_beta  # noqa: E402
+from state_helpers import chat_sync_io_runner as _runner  # noqa: E402
 
-PROTOCOLS = {
-    "preview": (realtime_model_beta._wire_event, False),
-    "ga": (realtime_model._wire_event, True),
-}
-
-
-def _runner(protocol: str, queued: list[Any]) -> Any:
-    """A ``ChatSyncIO`` of ``protocol`` queueing into ``queued``, with numbered event ids."""
-    wire, images = PROTOCOLS[protocol]
-    io = chat_sync_io.ChatSyncIO(
-        protocol=protocol,
-        images=images,
-        warned=set(),
-        queue_event=queued.append,
-        wire_event=wire,
-        closed=lambda: False,
-    )
-    ids = itertools.count()
-    io.state = conversation.ConversationState(
-        protocol=protocol, images=images, new_event_id=lambda prefix: f"{prefix}{next(ids)}"
-    )
-    return io
+# whether each protocol's session carries images
+PROTOCOLS = {"preview": False, "ga": True}
 
 
 def _view_state(remote: Any) -> list[Any]:
@@ -152,7 +132,7 @@ _KINDS = (
 def _state_of(kinds: list[str], protocol: str) -> Any:
     """A state whose view holds ``kinds``: the client's items, the service's voice turns and
     replies (content known, never known, or empty), calls and their outputs."""
-    _, images = PROTOCOLS[protocol]
+    images = PROTOCOLS[protocol]
     ids = itertools.count()
     state = conversation.ConversationState(
         protocol=protocol, images=images, new_event_id=lambda prefix: f"{prefix}{next(ids)}"
@@ -409,7 +389,7 @@ def test_an_appended_sync_plans_what_the_full_plan_does(
     """The view as it is (the same items, or equal copies), a small edit (items added at the
     end, or one item dropped, edited or moved), planned from the new items alone when it can
     be: the same protocol items, warnings and plan as the full plan, or the same error."""
-    _, images = PROTOCOLS[protocol]
+    images = PROTOCOLS[protocol]
     specs, _ = scenario
     remote, before = _mirror(specs)
     since = None if data.draw(st.booleans()) else remote.revision  # None: "during" counts
@@ -532,7 +512,7 @@ _CHANGES = ("server event", "transcript", "delete")
 
 def _settled_state(protocol: str) -> Any:
     """A state whose view holds 6 settled items: the client's, and a voice turn transcribed."""
-    _, images = PROTOCOLS[protocol]
+    images = PROTOCOLS[protocol]
     state = conversation.ConversationState(protocol=protocol, images=images)
     previous = None
     for k in range(6):
@@ -577,7 +557,7 @@ def test_a_view_changed_between_the_steps_of_an_appended_sync_gives_the_full_pla
     the new items after the view as it was when a change came while it read them)."""
     if not hasattr(chat_sync, "appended_sync_steps"):
         pytest.skip("this build plans every sync in full")
-    _, images = PROTOCOLS[protocol]
+    images = PROTOCOLS[protocol]
     with pytest.MonkeyPatch.context() as mp:
         for module in (chat_sync, conversation):
             mp.setattr(module, "STEP_ITEMS", 1)  # a pause after every item
